@@ -1,0 +1,63 @@
+"""Array-module selection: the only module in sparkdl that imports cupy, and only when asked.
+
+The numeric core is written against an array module ``xp`` (numpy or cupy) and never imports either
+GPU library itself. Arrays cross between host and device only through :func:`to_numpy` and :func:`asarray`.
+"""
+import numpy as np
+
+BACKENDS = ("numpy", "cupy")
+DTYPES = ("float32", "float64")
+
+
+def get_xp(backend="numpy"):
+    """Return the array module for ``backend`` ("numpy" or "cupy")."""
+    if backend == "numpy":
+        return np
+    if backend == "cupy":
+        try:
+            import cupy
+        except ImportError as e:  # also raised when cupy is blocked in sys.modules
+            raise RuntimeError(
+                "backend='cupy' needs the cupy package and a CUDA GPU; install sparkdl[gpu] "
+                f"or use backend='numpy'. Received: import error {e!r}"
+            ) from e
+        return cupy
+    raise ValueError(f"backend must be one of {BACKENDS}. Received: backend={backend!r}")
+
+
+def array_module(x):
+    """The array module an array belongs to, without importing cupy for numpy arrays."""
+    if type(x).__module__.split(".")[0] == "cupy":
+        import cupy
+        return cupy
+    return np
+
+
+def backend_name(xp):
+    return "cupy" if xp.__name__ == "cupy" else "numpy"
+
+
+def to_numpy(x):
+    """A host numpy array for any numpy/cupy array (no copy for numpy)."""
+    if type(x).__module__.split(".")[0] == "cupy":
+        return x.get()
+    return np.asarray(x)
+
+
+def asarray(x, xp, dtype=None):
+    """Place ``x`` (host or device) on the device of ``xp``."""
+    return xp.asarray(x, dtype=dtype)
+
+
+def check_dtype(dtype):
+    name = np.dtype(dtype).name
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}. Received: dtype={dtype!r}")
+    return name
+
+
+def make_rng(xp, seed):
+    """A random generator on the backend's device (dropout masks are drawn where the data is)."""
+    if xp is np:
+        return np.random.default_rng(seed)
+    return xp.random.default_rng(int(np.random.default_rng(seed).integers(2 ** 31)))

@@ -1,0 +1,120 @@
+"""Keras-style callbacks: History, EarlyStopping, ModelCheckpoint, TerminateOnNaN."""
+import math
+import os
+
+
+class Callback:
+    model = None
+
+    def set_model(self, model):
+        self.model = model
+
+    def on_train_begin(self, logs=None): pass
+    def on_epoch_begin(self, epoch, logs=None): pass
+    def on_batch_end(self, batch, logs=None): pass
+    def on_epoch_end(self, epoch, logs=None): pass
+    def on_train_end(self, logs=None): pass
+
+
+class CallbackList:
+    def __init__(self, callbacks, model):
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks must be sparkdl Callback instances; received {type(cb).__name__}")
+            cb.set_model(model)
+
+    def __getattr__(self, hook):
+        def call(*args, **kwargs):
+            for cb in self.callbacks:
+                getattr(cb, hook)(*args, **kwargs)
+        return call
+
+
+class History(Callback):
+    """``history.history["loss"]`` etc., one value per epoch; ``history.epoch`` lists the epochs run."""
+
+    def __init__(self):
+        self.history, self.epoch = {}, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for k, v in (logs or {}).items():
+            self.history.setdefault(k, []).append(v)
+
+
+def _better(mode, monitor):
+    if mode == "auto":
+        mode = "max" if any(s in monitor for s in ("acc", "f1", "precision", "recall", "r2")) else "min"
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max'. Received: mode={mode!r}")
+    return mode
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs; optionally restore
+    the weights (params and layer state) of the best epoch."""
+
+    def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto", restore_best_weights=False):
+        if not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be an int >= 0. Received: patience={patience!r}")
+        self.monitor, self.patience, self.min_delta = monitor, patience, abs(float(min_delta))
+        self.mode = _better(mode, monitor)
+        self.restore_best_weights = restore_best_weights
+        self.stopped_epoch = None
+
+    def on_train_begin(self, logs=None):
+        self.wait, self.best, self.best_weights, self.stopped_epoch = 0, None, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.monitor not in logs:
+            raise KeyError(f"EarlyStopping monitors {self.monitor!r}, which is not among the logged values "
+                           f"{sorted(logs)}; pass validation data for val_* values")
+        value = logs[self.monitor]
+        sign = 1.0 if self.mode == "min" else -1.0
+        if self.best is None or sign * (self.best - value) > self.min_delta:
+            self.best, self.wait = value, 0
+            if self.restore_best_weights:
+                self.best_weights = (self.model.get_flat_params(), self.model.get_flat_state())
+            return
+        self.wait += 1
+        if self.wait > self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.restore_best_weights and self.best_weights is not None and self.stopped_epoch is not None:
+            self.model.set_flat_params(self.best_weights[0])
+            self.model.set_flat_state(self.best_weights[1])
+
+
+class ModelCheckpoint(Callback):
+    """Save the model file (weights, layer state, optimizer state, epoch) every ``every`` epochs, or only when
+    ``monitor`` improves with ``save_best_only``. ``path`` may contain ``{epoch}``."""
+
+    def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto", every=1):
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an int >= 1. Received: every={every!r}")
+        self.path, self.monitor, self.save_best_only, self.every = os.fspath(path), monitor, save_best_only, every
+        self.mode = _better(mode, monitor)
+        self.best = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        from ..io import save_model
+        if (epoch + 1) % self.every:
+            return
+        if self.save_best_only:
+            value = (logs or {}).get(self.monitor)
+            if value is None:
+                raise KeyError(f"ModelCheckpoint monitors {self.monitor!r}, not among {sorted(logs or {})}")
+            if self.best is not None and not (value < self.best if self.mode == "min" else value > self.best):
+                return
+            self.best = value
+        save_model(self.model, self.path.format(epoch=epoch + 1), meta={"epoch": epoch + 1})
+
+
+class TerminateOnNaN(Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if not math.isfinite((logs or {}).get("loss", 0.0)):
+            self.model.stop_training = True

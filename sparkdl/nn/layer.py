@@ -83,6 +83,11 @@ class Layer:
     def from_config(cls, config):
         return cls(**config)
 
+    def __call__(self, inputs):
+        """Functional API: calling a layer on a symbolic tensor (or a list of them) records a graph node."""
+        from .graph import connect
+        return connect(self, inputs)
+
     # -- helpers ----------------------------------------------------------------------------------------
     def sublayers(self):
         """Layers this one holds (an activation, the cells of a wrapper); they share its placement."""

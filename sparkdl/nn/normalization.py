@@ -1,0 +1,191 @@
+"""BatchNormalization and LayerNormalization (Keras 3 semantics).
+
+Both compute ``xhat = (x - mean) / sqrt(var + epsilon)`` with the biased variance and return
+``gamma * xhat + beta``. Axes follow Keras: they count the batch dimension, so ``axis=-1`` is the last axis
+(channels_last) and ``axis=1`` the channels of an NCHW input; the batch axis itself (0) cannot be chosen.
+"""
+import numpy as np
+
+from . import initializers
+from .layer import Layer, register
+
+
+def _full_axis(axis, rank, input_shape, layer):
+    """``axis`` (batch counted, may be negative) as a positive index into an input of ``rank`` dims."""
+    full = axis + rank if axis < 0 else axis
+    if not 1 <= full < rank:
+        raise ValueError(f"{layer} axis={axis} is out of range for input shape "
+                         f"(None, {', '.join(map(str, input_shape))}); the batch axis cannot be normalized")
+    return full
+
+
+def _check_axis(axis):
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or axis == 0:
+        raise ValueError(f"axis must be a non-zero int (0 is the batch axis). Received: axis={axis!r}")
+    return int(axis)
+
+
+class _Normalization(Layer):
+    """The affine part both layers share: optional gamma (scale) and beta (center) over ``param_axes``."""
+
+    def __init__(self, epsilon, center, scale, beta_initializer, gamma_initializer, name):
+        super().__init__(name=name)
+        if not epsilon > 0:
+            raise ValueError(f"epsilon must be > 0. Received: epsilon={epsilon!r}")
+        self.epsilon = float(epsilon)
+        self.center, self.scale = bool(center), bool(scale)
+        self.beta_initializer = initializers.check(beta_initializer, "beta_initializer")
+        self.gamma_initializer = initializers.check(gamma_initializer, "gamma_initializer")
+
+    def _declare_affine(self, rank, input_shape, param_axes):
+        """Declare gamma/beta over ``param_axes`` (full-rank indices); remember how they broadcast."""
+        self._param_axes = tuple(sorted(param_axes))
+        self._reduce_param = tuple(a for a in range(rank) if a not in self._param_axes)
+        self._bshape = tuple(input_shape[a - 1] if a in self._param_axes else 1 for a in range(rank))
+        shape = tuple(input_shape[a - 1] for a in self._param_axes)
+        if self.scale:
+            self.add_param("gamma", shape, self.gamma_initializer)
+        if self.center:
+            self.add_param("beta", shape, self.beta_initializer)
+
+    def _gamma(self):
+        return self.params["gamma"].reshape(self._bshape) if self.scale else None
+
+    def _affine(self, xhat):
+        y = xhat * self._gamma() if self.scale else xhat.copy()
+        if self.center:
+            y += self.params["beta"].reshape(self._bshape)
+        return y
+
+    def _affine_grads(self, grad, xhat):
+        """Write d gamma and d beta; return (sum of grad, sum of grad * xhat) over the non-param axes."""
+        sum_g = grad.sum(axis=self._reduce_param)
+        sum_gx = (grad * xhat).sum(axis=self._reduce_param)
+        if self.scale:
+            self.grads["gamma"][...] = sum_gx.reshape(self.grads["gamma"].shape)
+        if self.center:
+            self.grads["beta"][...] = sum_g.reshape(self.grads["beta"].shape)
+        return sum_g, sum_gx
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon, "center": self.center, "scale": self.scale,
+                "beta_initializer": self.beta_initializer, "gamma_initializer": self.gamma_initializer}
+
+
+@register
+class BatchNormalization(_Normalization):
+    """Normalize each channel (``axis``) over the batch and every other axis.
+
+    Training (``training=True``) uses the batch mean and biased variance and updates the running statistics in
+    place, as Keras 3 does (with the same biased variance, unlike PyTorch's unbiased one)::
+
+        moving_mean     = moving_mean * momentum     + batch_mean * (1 - momentum)
+        moving_variance = moving_variance * momentum + batch_var  * (1 - momentum)
+
+    Inference uses the running statistics. They are non-trainable state (``model.state``), which distributed
+    training averages along with the params.
+    """
+
+    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True, beta_initializer="zeros",
+                 gamma_initializer="ones", moving_mean_initializer="zeros", moving_variance_initializer="ones",
+                 name=None):
+        super().__init__(epsilon, center, scale, beta_initializer, gamma_initializer, name)
+        self.axis = _check_axis(axis)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1]. Received: momentum={momentum!r}")
+        self.momentum = float(momentum)
+        self.moving_mean_initializer = initializers.check(moving_mean_initializer, "moving_mean_initializer")
+        self.moving_variance_initializer = initializers.check(moving_variance_initializer,
+                                                              "moving_variance_initializer")
+
+    def build(self, input_shape):
+        rank = len(input_shape) + 1
+        channel = _full_axis(self.axis, rank, input_shape, "BatchNormalization")
+        self._declare_affine(rank, input_shape, [channel])
+        channels = (input_shape[channel - 1],)
+        self.add_state("moving_mean", channels, self.moving_mean_initializer)
+        self.add_state("moving_variance", channels, self.moving_variance_initializer)
+        return input_shape
+
+    def forward(self, x, training=False):
+        axes = self._reduce_param
+        if training:
+            mean = x.mean(axis=axes, keepdims=True)
+            xhat = x - mean
+            var = (xhat * xhat).mean(axis=axes, keepdims=True)
+            for name, batch in (("moving_mean", mean), ("moving_variance", var)):
+                moving = self.state[name]
+                moving *= self.momentum
+                moving += (1.0 - self.momentum) * batch.reshape(moving.shape)
+        else:
+            mean = self.state["moving_mean"].reshape(self._bshape)
+            var = self.state["moving_variance"].reshape(self._bshape)
+            xhat = x - mean
+        inv = 1.0 / self.xp.sqrt(var + self.epsilon)
+        xhat *= inv
+        self._cache = (xhat, inv, training)
+        return self._affine(xhat)
+
+    def backward(self, grad):
+        xhat, inv, training = self._cache
+        sum_g, sum_gx = self._affine_grads(grad, xhat)
+        if not self.need_input_grad:
+            return None
+        scale = inv * self._gamma() if self.scale else inv
+        if not training:
+            return grad * scale
+        # d/dx of the batch statistics too: the usual batch-norm gradient, from the two sums above
+        n = xhat.size // sum_g.size
+        return scale * (grad - (sum_g.reshape(self._bshape) + xhat * sum_gx.reshape(self._bshape)) / n)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis, "momentum": self.momentum,
+                "moving_mean_initializer": self.moving_mean_initializer,
+                "moving_variance_initializer": self.moving_variance_initializer}
+
+
+@register
+class LayerNormalization(_Normalization):
+    """Normalize each example over ``axis`` (an int or a list of ints, default the last axis); gamma and beta
+    have the shape of those axes. Training and inference compute the same thing."""
+
+    def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, beta_initializer="zeros",
+                 gamma_initializer="ones", name=None):
+        super().__init__(epsilon, center, scale, beta_initializer, gamma_initializer, name)
+        if isinstance(axis, (list, tuple)):
+            if not axis:
+                raise ValueError(f"axis must be an int or a non-empty list of ints. Received: axis={axis!r}")
+            self.axis = [_check_axis(a) for a in axis]
+        else:
+            self.axis = _check_axis(axis)
+
+    def build(self, input_shape):
+        rank = len(input_shape) + 1
+        axes = self.axis if isinstance(self.axis, list) else [self.axis]
+        full = [_full_axis(a, rank, input_shape, "LayerNormalization") for a in axes]
+        if len(set(full)) != len(full):
+            raise ValueError(f"LayerNormalization axis lists the same axis twice for input shape "
+                             f"(None, {', '.join(map(str, input_shape))}). Received: axis={self.axis!r}")
+        self._declare_affine(rank, input_shape, full)
+        return input_shape
+
+    def forward(self, x, training=False):
+        axes = self._param_axes
+        xhat = x - x.mean(axis=axes, keepdims=True)
+        inv = 1.0 / self.xp.sqrt((xhat * xhat).mean(axis=axes, keepdims=True) + self.epsilon)
+        xhat *= inv
+        self._cache = (xhat, inv)
+        return self._affine(xhat)
+
+    def backward(self, grad):
+        xhat, inv = self._cache
+        self._affine_grads(grad, xhat)
+        if not self.need_input_grad:
+            return None
+        g = grad * self._gamma() if self.scale else grad
+        axes = self._param_axes
+        return inv * (g - g.mean(axis=axes, keepdims=True)
+                      - xhat * (g * xhat).mean(axis=axes, keepdims=True))
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}

@@ -8,17 +8,9 @@ import pytest
 from layer_check import TOL, gradient_check, numeric_grad, rel_error
 from sparkdl import io, optim
 from sparkdl.nn import Activation, Dense, Flatten, Sequential
-from sparkdl.nn.graph import Add, Concatenate, GraphModel, Input, InputBatch, Tensor, connect
-from sparkdl.nn.layer import Layer
+from sparkdl.nn.graph import Add, Concatenate, GraphModel, Input, InputBatch, Tensor
 from sparkdl.nn.model import model_from_config
 from sparkdl.nn.normalization import BatchNormalization, LayerNormalization
-
-
-@pytest.fixture(autouse=True)
-def functional_call(monkeypatch):
-    """``layer(tensor)``: Layer.__call__ delegates to graph.connect (until layer.py defines it itself)."""
-    if "__call__" not in vars(Layer):
-        monkeypatch.setattr(Layer, "__call__", lambda self, inputs: connect(self, inputs), raising=False)
 
 
 def residual(dtype="float64", seed=0, bn=False):

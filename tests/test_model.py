@@ -9,7 +9,7 @@ import pytest
 import sparkdl
 from sparkdl import io, optim
 from sparkdl.datasets import load_digits
-from sparkdl.nn import Activation, Dense, Dropout, Sequential, layer_from_config
+from sparkdl.nn import Dense, Dropout, Sequential, layer_from_config
 from sparkdl.train import EarlyStopping, ModelCheckpoint
 from layer_check import gradient_check
 

@@ -12,6 +12,7 @@ class Callback:
     def on_train_begin(self, logs=None): pass
     def on_epoch_begin(self, epoch, logs=None): pass
     def on_batch_end(self, batch, logs=None): pass
+    def on_round_end(self, round, logs=None): pass   # distributed training: after each averaging round
     def on_epoch_end(self, epoch, logs=None): pass
     def on_train_end(self, logs=None): pass
 
@@ -118,3 +119,27 @@ class TerminateOnNaN(Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not math.isfinite((logs or {}).get("loss", 0.0)):
             self.model.stop_training = True
+
+
+class RoundCheckpoint(Callback):
+    """Distributed training: every ``every`` averaging rounds, write the model file (params, layer state,
+    optimizer state) with the round counter to ``path`` (local or any pyarrow.fs URI; may contain
+    ``{round}``). ``SparkTrainer.fit(..., resume_from=path)`` continues from exactly that round."""
+
+    def __init__(self, path, every=1):
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an int >= 1. Received: every={every!r}")
+        self.path, self.every = os.fspath(path), every
+        self.saved = []
+
+    def on_round_end(self, round, logs=None):
+        from .. import fs
+        from ..io import save_model
+        done = round + 1
+        if done % self.every:
+            return
+        path = self.path.format(round=done)
+        with fs.open_output(path) as f:
+            save_model(self.model, f, meta={"round": done, **{k: v for k, v in (logs or {}).items()
+                                                               if k in ("epoch", "round_in_epoch")}})
+        self.saved.append(path)

@@ -1,0 +1,329 @@
+"""SparkTrainer: fit a compiled sparkdl model on a DataFrame through a master; evaluate and predict on executors."""
+import json
+import math
+import time
+import uuid
+
+import numpy as np
+import pyarrow as pa
+
+from .. import io
+from ..train.averaging import Contribution
+from ..train.callbacks import CallbackList, History
+from ..train.progress import Progress
+from ..train import schedule
+from ..train.stats import TrainingStats
+from . import data
+from .master import ParameterAveraging, _storage_level
+
+
+class FitRun:
+    """Driver-side state of one fit, shared by both modes: what to ship, how to apply an averaged round,
+    history, stats, callbacks, progress, resume."""
+
+    def __init__(self, trainer, master, epochs, callbacks, evaluate_validation, verbose, resume_round):
+        model = trainer.model
+        self.model, self.master, self.epochs = model, master, epochs
+        self.model_json = json.dumps({"class_name": type(model).__name__, "config": model.get_config()})
+        self.compile_json = json.dumps(model.compile_config())
+        self.input_shape = tuple(model.input_shape)
+        self.n_features = int(np.prod(self.input_shape))
+        self.label_dtype = data.label_dtype(model.loss.kind)
+        self.backend = "numpy"
+        self.history = History()
+        self.history.rounds = []
+        self.history.stats = TrainingStats() if master.collect_stats else None
+        self.callbacks = CallbackList([self.history, *callbacks], model)
+        self.evaluate_validation = evaluate_validation
+        self.verbose = verbose
+        self.resume_round = resume_round
+        self.stopped = False
+
+    # -- schedule ---------------------------------------------------------------------------------------
+    def start(self, shard_sizes):
+        empty = [i for i, n in enumerate(shard_sizes) if n == 0]
+        if empty:
+            raise ValueError(f"worker partitions {empty} are empty ({len(shard_sizes)} workers for "
+                             f"{sum(shard_sizes)} rows); use repartition='always' or fewer workers")
+        self.shard_sizes = list(shard_sizes)
+        self.rows = sum(shard_sizes)
+        self.rounds_per_epoch = schedule.rounds_per_epoch(shard_sizes, self.master.batch_size_per_worker,
+                                                          self.master.averaging_frequency)
+        total_rounds = self.epochs * self.rounds_per_epoch
+        if self.resume_round > total_rounds:
+            raise ValueError(f"the checkpoint is at round {self.resume_round}, past the {total_rounds} rounds of "
+                             f"this fit ({self.epochs} epochs x {self.rounds_per_epoch} rounds)")
+        self.model.stop_training = False
+        self.callbacks.on_train_begin()
+
+    def rounds(self):
+        """(epoch, round in epoch, global round) for every round still to run; epoch ends are handled here."""
+        for epoch in range(self.epochs):
+            first = schedule.global_round(epoch, 0, self.rounds_per_epoch)
+            if first + self.rounds_per_epoch <= self.resume_round:
+                continue
+            self._begin_epoch(epoch)
+            for r in range(self.rounds_per_epoch):
+                g = first + r
+                if g < self.resume_round:
+                    continue
+                yield epoch, r, g
+                if self.stopped:
+                    return
+            self._end_epoch(epoch)
+            if self.model.stop_training:
+                self.stopped = True
+                return
+
+    def payload(self):
+        """What every worker starts a round from (host arrays)."""
+        model, opt = self.model, self.model.optimizer
+        return {"params": model.get_flat_params(),
+                "state": model.get_flat_state() if model.state.size else None,
+                "opt": opt.get_state()["buffer"] if self.master.average_optimizer_state else None,
+                "iterations": int(opt.iterations)}
+
+    # -- applying a round -----------------------------------------------------------------------------------
+    def apply(self, total, epoch, r, g, start, broadcast_s=0.0, extra=None):
+        t0 = time.time()
+        if total.n == 0:
+            raise RuntimeError(f"round {g + 1} (epoch {epoch + 1}, round {r + 1}): no worker fitted any example")
+        loss = total.loss_sum / total.n
+        params, state, opt = total.average(self.model.dtype)
+        if not (math.isfinite(loss) and np.isfinite(params).all()):
+            raise FloatingPointError(
+                f"the training loss became {loss} in round {g + 1} (epoch {epoch + 1}, round {r + 1} of the epoch); "
+                f"the model keeps the weights averaged after round {g}. Lower the learning rate or check the data")
+        model = self.model
+        model.set_flat_params(params)
+        if state is not None:
+            model.set_flat_state(state)
+        if opt is not None:
+            model.optimizer.state_buffer[...] = model.xp.asarray(opt)
+        model.optimizer.iterations += total.steps
+        self.epoch_total.merge(Contribution(n=total.n, loss_sum=total.loss_sum, partials=total.partials))
+        merge_s = time.time() - t0
+        record = {"round": g, "epoch": epoch, "start": start, "wall_s": time.time() - start,
+                  "broadcast_s": broadcast_s, "merge_s": merge_s, "loss": loss, "n": total.n, **(extra or {})}
+        self.history.rounds.append({"round": g + 1, "epoch": epoch + 1, "loss": loss, "examples": total.n})
+        if self.history.stats is not None:
+            self.history.stats.add_round(record, total.stats)
+        self.callbacks.on_round_end(g, {"loss": loss, "epoch": epoch + 1, "round_in_epoch": r + 1})
+        self.progress.update(self.epoch_total.n, lambda: {"loss": self.epoch_total.loss_sum / self.epoch_total.n})
+
+    def _begin_epoch(self, epoch):
+        self.epoch_total = Contribution()
+        self.callbacks.on_epoch_begin(epoch)
+        self.progress = Progress(self.rows, self.verbose)
+        self.progress.start(f"Epoch {epoch + 1}/{self.epochs}")
+
+    def _end_epoch(self, epoch):
+        t = self.epoch_total
+        logs = {"loss": t.loss_sum / max(t.n, 1)}
+        for m in self.model.metrics:
+            if t.partials.get(m.name):
+                logs[m.name] = m.result(t.partials[m.name])
+        if self.evaluate_validation is not None:
+            logs.update({f"val_{k}": v for k, v in self.evaluate_validation().items()})
+        self.progress.end(t.n, logs)
+        self.callbacks.on_epoch_end(epoch, logs)
+
+    def finish(self):
+        self.callbacks.on_train_end()
+        return self.history
+
+
+class SparkTrainer:
+    """Train, evaluate and predict with a compiled sparkdl model on Spark DataFrames.
+
+    ``trainer.fit(df, features_col="features", label_col="label", epochs=1, validation_df=None, callbacks=(),
+    resume_from=None)`` leaves the trained weights in ``trainer.model`` (a normal sparkdl model)."""
+
+    def __init__(self, model, master=None):
+        self.model = model
+        self.master = master or ParameterAveraging()
+        if not isinstance(self.master, ParameterAveraging):
+            raise TypeError(f"master must be a ParameterAveraging; received {type(master).__name__}")
+
+    def _check_model(self, what):
+        if not getattr(self.model, "compiled", False):
+            raise RuntimeError(f"the model must be compiled (model.compile(optimizer, loss, metrics)) before "
+                               f"SparkTrainer.{what}")
+        if not hasattr(self.model, "input_shape") or isinstance(self.model.input_shape, dict):
+            raise ValueError("SparkTrainer needs a model with a single input")
+
+    def _prepared(self, df, features_col, label_col, what):
+        model = self.model
+        prepared = data.prepare(df, features_col, label_col)
+        n_features = int(np.prod(model.input_shape))
+        kind = model.loss.kind if label_col is not None else None
+        rows = data.validate(prepared, n_features, kind, model.output_shape[-1], features_col, label_col, what)
+        return prepared, rows
+
+    def fit(self, df, features_col="features", label_col="label", epochs=1, validation_df=None, callbacks=(),
+            resume_from=None, verbose="auto"):
+        self._check_model("fit")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be a positive int. Received: epochs={epochs!r}")
+        master, model = self.master, self.model
+        resume_round = self._resume(resume_from) if resume_from is not None else 0
+        level = _storage_level(master.storage_level)
+        prepared, rows = self._prepared(df, features_col, label_col, "training DataFrame")
+        n_workers = master.workers_for(prepared)[0]
+        need = n_workers * master.batch_size_per_worker
+        if rows < need:
+            raise ValueError(f"the training DataFrame has {rows} rows, fewer than num_workers * "
+                             f"batch_size_per_worker = {n_workers} * {master.batch_size_per_worker} = {need}")
+        persisted = [prepared.persist(level)]
+        evaluate_validation = None
+        try:
+            if validation_df is not None:
+                val, _ = self._prepared(validation_df, features_col, label_col, "validation DataFrame")
+                persisted.append(val.persist(level))
+                evaluate_validation = lambda: self._evaluate_prepared(val)
+            run = FitRun(self, master, epochs, callbacks, evaluate_validation, verbose, resume_round)
+            history = master.fit(run, prepared)
+        finally:
+            for p in persisted:
+                p.unpersist()
+        model.history = history
+        return history
+
+    def _resume(self, path):
+        from .. import fs
+        with fs.open_input(path) as f:
+            saved = io.load_model(f)
+        if saved.get_config() != self.model.get_config():
+            raise ValueError(f"the checkpoint {path!r} holds a different model configuration than this trainer's")
+        self.model.set_flat_params(saved.get_flat_params())
+        self.model.set_flat_state(saved.get_flat_state())
+        self.model.optimizer.set_state(saved.optimizer.get_state())
+        if "round" not in saved.meta:
+            raise ValueError(f"{path!r} is a model file but not a round checkpoint (no round counter)")
+        return int(saved.meta["round"])
+
+    # -- evaluation and inference ------------------------------------------------------------------------
+    def evaluate(self, df, features_col="features", label_col="label", batch_size=1024):
+        """The model's loss and metrics over ``df``, computed on executors and merged on the driver."""
+        self._check_model("evaluate")
+        prepared, _ = self._prepared(df, features_col, label_col, "evaluation DataFrame")
+        return self._evaluate_prepared(prepared, batch_size)
+
+    def _evaluate_prepared(self, prepared, batch_size=1024):
+        sc = prepared.sparkSession.sparkContext
+        bc, key = sc.broadcast(io.model_to_bytes(self.model)), uuid.uuid4().hex
+        n_features, input_shape = int(np.prod(self.model.input_shape)), tuple(self.model.input_shape)
+
+        def partials(batches):
+            from sparkdl.spark.trainer import _cached_model, _encode
+            model = _cached_model(key, bc)
+            totals = None
+            for b in batches:
+                x, y = data.batch_to_numpy(b, n_features)
+                part = model.evaluate_partials(x.reshape((-1,) + input_shape), y, batch_size)
+                totals = part if totals is None else _merge_partials(totals, part)
+            if totals is not None:
+                yield pa.record_batch([pa.array([_encode(totals)], pa.binary())], names=["partials"])
+
+        sc.setJobDescription("sparkdl: evaluate")
+        rows = prepared.mapInArrow(partials, "partials binary").collect()
+        bc.destroy()
+        totals = None
+        for row in rows:
+            part = _decode(row["partials"])
+            totals = part if totals is None else _merge_partials(totals, part)
+        return self.model.results_from_partials(totals)
+
+    def predict(self, df, features_col="features", output_col="prediction", probability_col="probability",
+                batch_size=1024):
+        """``df`` with predictions added by ``mapInArrow`` (the model broadcast once). Classifiers get
+        ``probability_col`` (array<float>) and ``output_col`` (int, the most likely class); other models get
+        ``output_col`` as double (one output) or array<float>."""
+        from pyspark.sql.types import ArrayType, DoubleType, FloatType, IntegerType, StructField, StructType
+        model = self.model
+        if not hasattr(model, "input_shape"):
+            raise ValueError("SparkTrainer.predict needs a model with a single input")
+        kind = model.loss.kind if model.loss is not None else "regression"
+        n_out = int(np.prod(model.output_shape))
+        for c in (output_col, probability_col):
+            if c in df.columns:
+                raise ValueError(f"output column {c!r} already exists in the DataFrame; choose another name")
+        prepared = data.prepare(df, features_col, keep=True)
+        fields = list(df.schema.fields)
+        if kind in ("multiclass", "binary"):
+            fields += [StructField(probability_col, ArrayType(FloatType(), False)),
+                       StructField(output_col, IntegerType())]
+        elif n_out == 1:
+            fields.append(StructField(output_col, DoubleType()))
+        else:
+            fields.append(StructField(output_col, ArrayType(FloatType(), False)))
+        schema = StructType(fields)
+        names = [f.name for f in df.schema.fields]
+        sc = df.sparkSession.sparkContext
+        bc, key = sc.broadcast(io.model_to_bytes(model)), uuid.uuid4().hex
+        n_features, input_shape = int(np.prod(model.input_shape)), tuple(model.input_shape)
+
+        def run(batches):
+            from sparkdl.spark.trainer import _cached_model
+            m = _cached_model(key, bc)
+            for b in batches:
+                x, _ = data.batch_to_numpy(b, n_features, with_labels=False)
+                if not np.isfinite(x).all():
+                    raise ValueError(f"column {features_col!r}: NaN or infinite feature values in a batch")
+                out = m.predict(x.reshape((-1,) + input_shape), batch_size)
+                cols = [b.column(b.schema.get_field_index(n)) for n in names]
+                if kind in ("multiclass", "binary"):
+                    probs = np.asarray(m.probabilities(out), np.float32).reshape(len(x), -1)
+                    if kind == "binary" and probs.shape[1] == 1:
+                        probs = np.concatenate([1 - probs, probs], axis=1)
+                    flat = pa.array(probs.reshape(-1), pa.float32())
+                    cols += [pa.ListArray.from_arrays(pa.array(np.arange(0, probs.size + 1, probs.shape[1],
+                                                                         dtype=np.int32)), flat),
+                             pa.array(probs.argmax(axis=1).astype(np.int32))]
+                elif n_out == 1:
+                    cols.append(pa.array(out.reshape(-1).astype(np.float64)))
+                else:
+                    out = out.reshape(len(x), -1).astype(np.float32)
+                    cols.append(pa.ListArray.from_arrays(
+                        pa.array(np.arange(0, out.size + 1, out.shape[1], dtype=np.int32)), pa.array(out.reshape(-1))))
+                yield pa.record_batch(cols, names=names + [f.name for f in fields[len(names):]])
+
+        return prepared.mapInArrow(run, schema)
+
+
+_MODEL_CACHE = {}
+
+
+def _cached_model(key, bc):
+    """The broadcast model, deserialized once per Python worker (not per task or batch)."""
+    model = _MODEL_CACHE.get(key)
+    if model is None:
+        _MODEL_CACHE.clear()
+        model = _MODEL_CACHE[key] = io.model_from_bytes(bc.value)
+    return model
+
+
+def _merge_partials(a, b):
+    from .. import metrics as metrics_mod
+    out = {"loss": a["loss"] + b["loss"]}
+    for k in a:
+        if k != "loss":
+            out[k] = metrics_mod.merge(a[k], b[k])
+    return out
+
+
+def _encode(totals):
+    """Partial sums as JSON bytes (lists for arrays), so they travel as an Arrow binary value."""
+    plain = {"loss": np.asarray(totals["loss"]).tolist()}
+    for k, part in totals.items():
+        if k != "loss":
+            plain[k] = {n: (np.asarray(v).tolist(), np.ndim(v) > 0) for n, v in part.items()}
+    return json.dumps(plain).encode()
+
+
+def _decode(raw):
+    plain = json.loads(raw)
+    out = {"loss": np.asarray(plain.pop("loss"))}
+    for k, part in plain.items():
+        out[k] = {n: (np.asarray(v) if is_array else v) for n, (v, is_array) in part.items()}
+    return out

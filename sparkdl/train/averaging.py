@@ -1,0 +1,60 @@
+"""Example-weighted parameter averaging: what every master merges, written once.
+
+A worker's contribution is ``n * params`` (and ``n * state``, ``n * optimizer state``) with ``n`` the number of
+examples it fitted in the round; contributions add up (so they merge in any tree order), and the average is
+``sum(n_i * p_i) / sum(n_i)``. An unweighted mean would over-weight small shards.
+"""
+import numpy as np
+
+from .. import metrics as metrics_mod
+
+
+class Contribution:
+    """A summable worker result: weighted flat buffers in float64, plus loss/metric sums and timings."""
+
+    def __init__(self, n=0, params=None, state=None, opt=None, loss_sum=0.0, partials=None, steps=0,
+                 stats=None):
+        self.n, self.loss_sum, self.steps = int(n), float(loss_sum), int(steps)
+        w = float(n)
+        self.params = None if params is None else np.asarray(params, np.float64) * w
+        self.state = None if state is None or np.size(state) == 0 else np.asarray(state, np.float64) * w
+        self.opt = None if opt is None or np.size(opt) == 0 else np.asarray(opt, np.float64) * w
+        self.partials = partials or {}
+        self.stats = list(stats or [])   # per-worker timing records, concatenated on merge
+
+    def merge(self, other):
+        """Add ``other`` into self (in place) and return self; zero contributions are identities."""
+        if other.n == 0 and not other.stats:
+            return self
+        self.params = _add(self.params, other.params)
+        self.state = _add(self.state, other.state)
+        self.opt = _add(self.opt, other.opt)
+        self.n += other.n
+        self.loss_sum += other.loss_sum
+        self.steps = max(self.steps, other.steps)
+        for k, v in other.partials.items():
+            self.partials[k] = metrics_mod.merge(self.partials.get(k, {}), v)
+        self.stats.extend(other.stats)
+        return self
+
+    def average(self, dtype=np.float32):
+        """(params, state, optimizer state) averaged by examples; None for absent parts."""
+        if self.n == 0:
+            raise ValueError("no worker fitted any example in this round; nothing to average")
+        scale = 1.0 / self.n
+        avg = lambda a: None if a is None else (a * scale).astype(dtype)
+        return avg(self.params), avg(self.state), avg(self.opt)
+
+
+def _add(a, b):
+    if a is None:
+        return None if b is None else b.copy()
+    if b is None:
+        return a
+    a += b
+    return a
+
+
+def merge(a, b):
+    """combOp / seqOp for Spark's treeAggregate."""
+    return a.merge(b)

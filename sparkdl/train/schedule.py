@@ -1,0 +1,34 @@
+"""The minibatch schedule of distributed training, shared by every master so that they visit the same
+examples in the same order: worker ``w`` shuffles its shard once per epoch with a generator seeded by
+(seed, epoch, w) and takes consecutive minibatches; round ``r`` of an epoch is minibatches
+``[r * averaging_frequency, (r + 1) * averaging_frequency)`` of every worker; an epoch has as many rounds as
+the largest shard needs, and a worker whose shard is used up sits the remaining rounds out (weight 0).
+"""
+import math
+
+import numpy as np
+
+
+def batches_per_epoch(n_rows, batch_size):
+    return math.ceil(n_rows / batch_size)
+
+
+def rounds_per_epoch(shard_sizes, batch_size, averaging_frequency):
+    return math.ceil(max(batches_per_epoch(n, batch_size) for n in shard_sizes) / averaging_frequency)
+
+
+def epoch_order(n_rows, seed, epoch, worker, shuffle=True):
+    if not shuffle:
+        return np.arange(n_rows)
+    return np.random.default_rng([0 if seed is None else seed, epoch, worker]).permutation(n_rows)
+
+
+def round_batches(order, batch_size, averaging_frequency, round_in_epoch):
+    """The index arrays of this worker's minibatches in one round (empty when its shard is used up)."""
+    start = round_in_epoch * averaging_frequency * batch_size
+    stop = min(start + averaging_frequency * batch_size, len(order))
+    return [order[i:min(i + batch_size, stop)] for i in range(start, stop, batch_size)]
+
+
+def global_round(epoch, round_in_epoch, rounds_in_epoch):
+    return epoch * rounds_in_epoch + round_in_epoch

@@ -1,0 +1,55 @@
+"""One worker's share of an averaging round, Spark-free: start from the driver's buffers, fit the round's
+minibatches, return a weighted Contribution. Masters wrap this in a Spark task (jobs mode) or call it in a
+resident loop (barrier mode); tests call it with plain numpy arrays."""
+import json
+import time
+
+from ..nn.model import model_from_config
+from .averaging import Contribution
+from .loop import train_batches
+
+_MODELS = {}  # (model json, compile json, backend) -> model, reused by a Python worker across rounds
+
+
+def worker_model(model_json, compile_json, backend="numpy"):
+    """A compiled model for this spec, built once per process (weights are overwritten every round)."""
+    key = (model_json, compile_json, backend)
+    model = _MODELS.get(key)
+    if model is None:
+        model = model_from_config(json.loads(model_json), backend=backend).build()
+        model.compile(**json.loads(compile_json))
+        _MODELS.clear()  # one fit at a time per process: keep memory bounded
+        _MODELS[key] = model
+    return model
+
+
+def fit_round(model, x, y, index_batches, params, state, opt_buffer, iterations, average_optimizer_state,
+              record=None):
+    """Load the driver's buffers into ``model``, fit ``index_batches`` of (x, y), and return the
+    Contribution (weighted params, state, optimizer state, loss/metric sums, a timing record)."""
+    t0 = time.time()
+    model.set_flat_params(params)
+    if model.state.size:
+        model.set_flat_state(state)
+    opt = model.optimizer
+    if opt_buffer is None:  # not averaged: every round starts from a fresh optimizer state (DL4J's saveUpdater=false)
+        opt.build(model.params.size, model.xp, model.dtype)
+    else:
+        opt.state_buffer[...] = model.xp.asarray(opt_buffer)
+    opt.iterations = int(iterations)
+    t1 = time.time()
+    totals = train_batches(model, x, y, index_batches)
+    loss_sum = float(totals.loss_sum)  # syncs a GPU before the clock stops
+    t2 = time.time()
+    contribution = Contribution(
+        n=totals.count, params=model.get_flat_params(),
+        state=model.get_flat_state() if model.state.size else None,
+        opt=opt.get_state()["buffer"] if average_optimizer_state else None,
+        loss_sum=loss_sum, partials=totals.partials, steps=len(index_batches))
+    t3 = time.time()
+    if record is not None:
+        record.setdefault("start", t0)
+        record.update(load_s=t1 - t0, fit_s=t2 - t1, ship_s=t3 - t2, n=totals.count,
+                      steps=len(index_batches))
+        contribution.stats.append(record)
+    return contribution

@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine (Python 3.10+, Java 17):
-#   make run    creates .venv, installs sparkdl, trains on the bundled digits dataset
+#   make run    creates .venv, installs sparkdl, spark-submits jobs/train.py (local[2], bundled digits)
 #   make test   creates .venv, installs sparkdl with test extras, runs pytest
 PYTHON ?= python3
 VENV   ?= .venv
@@ -22,8 +22,11 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
+SUBMIT := PYSPARK_PYTHON=$(abspath $(BIN)/python) PYSPARK_DRIVER_PYTHON=$(abspath $(BIN)/python) \
+	$(BIN)/spark-submit --master 'local[2]' --driver-java-options '-XX:TieredStopAtLevel=1 -XX:+UseSerialGC'
+
 run: $(VENV)/.installed
-	$(BIN)/python jobs/train.py
+	$(SUBMIT) jobs/train.py $(ARGS)
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -138,3 +138,29 @@ def batch_to_numpy(batch, n_features, with_labels=True):
 
 def label_dtype(loss_kind):
     return np.int32 if loss_kind == "multiclass" else np.float32
+
+
+def numpy_to_dataframe(spark, x, y, directory, features_col="features", label_col="label"):
+    """Write (x, y) as Parquet (features as array<float>) under ``directory`` and read it back as a
+    DataFrame: how a built-in dataset meets Spark the way users' data does."""
+    import os
+    import pyarrow.parquet as pq
+    x = np.ascontiguousarray(x, np.float32).reshape(len(x), -1)
+    n, d = x.shape
+    offsets = pa.array(np.arange(0, n * d + 1, d, dtype=np.int32))
+    table = pa.table({features_col: pa.ListArray.from_arrays(offsets, pa.array(x.reshape(-1))),
+                      label_col: pa.array(np.asarray(y))})
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "part-0.parquet")
+    pq.write_table(table, path)
+    return spark.read.parquet(directory)
+
+
+def read_dataframe(spark, path, fmt=None):
+    """Parquet, CSV (header, inferred schema), JSON or LibSVM from a local path or any Hadoop URI."""
+    fmt = fmt or next((f for f in ("parquet", "csv", "json", "libsvm") if str(path).rstrip("/").endswith(f)), "parquet")
+    if fmt == "csv":
+        return spark.read.option("header", True).option("inferSchema", True).csv(path)
+    if fmt in ("parquet", "json", "libsvm"):
+        return spark.read.format(fmt).load(path)
+    raise ValueError(f"data format must be parquet, csv, json or libsvm. Received: format={fmt!r}")

@@ -171,7 +171,7 @@ class SparseCategoricalCrossentropy(Loss):
         if y.dtype.kind == "f":
             if not np.isfinite(y).all() or (y != np.round(y)).any():
                 bad = y[~np.isfinite(y) | (y != np.round(y))].ravel()[0]
-                raise ValueError(f"labels for {self.name} must be integer class indices; received {bad!r}")
+                raise ValueError(f"labels for {self.name} must be integer class indices; received {float(bad)!r}")
         elif y.dtype.kind not in "iub":
             raise ValueError(f"labels for {self.name} must be integers; received dtype {y.dtype}")
         lo, hi = y.min(), y.max()

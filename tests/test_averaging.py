@@ -57,7 +57,8 @@ def test_fit_round_equals_local_steps():
     order = schedule.epoch_order(len(x), 3, 0, 0)
     batches = schedule.round_batches(order, 32, 4, 0)
     record = {"worker": 0, "round": 0}
-    c = fit_round(worker, x, y, batches, start, None, np.zeros(model.params.size, np.float32), 0, True, record)
+    result = fit_round(worker, x, y, batches, start, None, np.zeros(model.params.size, np.float32), 0, True, record)
+    c = Contribution.of(result)
     for b in batches:
         model.train_on_batch(x[b], y[b])
     params, _, opt = c.average()

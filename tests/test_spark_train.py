@@ -8,6 +8,7 @@ from sparkdl import optim
 from sparkdl.datasets import load_digits
 from sparkdl.nn import Dense, Sequential
 from sparkdl.train import Callback, RoundCheckpoint, schedule
+from sparkdl.train.averaging import Contribution
 from sparkdl.train.worker import fit_round, worker_model
 
 pytestmark = pytest.mark.spark
@@ -126,7 +127,7 @@ def _manual_round(model, shards, batch_size, freq, seed, average_opt):
     for w, (x, y) in enumerate(shards):
         worker = worker_model(spec, compile_json)
         batches = schedule.round_batches(schedule.epoch_order(len(x), seed, 0, w), batch_size, freq, 0)
-        c = fit_round(worker, x, y, batches, start, None, opt0 if average_opt else None, 0, average_opt)
+        c = Contribution.of(fit_round(worker, x, y, batches, start, None, opt0 if average_opt else None, 0, average_opt))
         total = c if total is None else total.merge(c)
     return total.average()
 

@@ -47,6 +47,8 @@ class MaxPooling2D(_Pooling2D):
         return from_nhwc(y, self.data_format)
 
     def backward(self, grad):
+        if not self.need_input_grad:
+            return None
         xp, win, xpad, y = self.xp, self.windows, self._xpad, self._y
         g = to_nhwc(grad, self.data_format)
         dxpad = win.grad_buffer(xp, xpad.shape[0], xpad.shape[3], self.dtype)
@@ -103,6 +105,8 @@ class AveragePooling2D(_Pooling2D):
         return from_nhwc(y, self.data_format)
 
     def backward(self, grad):
+        if not self.need_input_grad:
+            return None
         xp, win = self.xp, self.windows
         g = to_nhwc(grad, self.data_format) * self._device_scale()
         dxpad = win.grad_buffer(xp, *self._n_c, self.dtype)
@@ -138,6 +142,8 @@ class GlobalAveragePooling2D(Layer):
         return x.mean(axis=self._axes, keepdims=self.keepdims)
 
     def backward(self, grad):
+        if not self.need_input_grad:
+            return None
         n = grad.shape[0]
         g = grad.reshape((n,) + hwc_to_format((1, 1, grad.size // n), self.data_format))
         dx = self.xp.empty((n,) + self.input_shape, dtype=self.dtype)

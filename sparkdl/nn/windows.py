@@ -91,7 +91,8 @@ class Windows:
         return [(i, j) for i in range(kh) for j in range(kw)]
 
     def slice(self, i, j):
-        """Index of the (N, OH, OW, C) pixels that kernel position (i, j) reads in the padded image."""
+        """Index of the pixels kernel position (i, j) reads in a padded (N, Hp, Wp, C) image: (N, OH, OW, C).
+        The same index serves any (lead, Hp, Wp, trail) layout."""
         (oh, ow), (sh, sw) = self.out_hw, self.strides
         return (slice(None), slice(i, i + sh * (oh - 1) + 1, sh), slice(j, j + sw * (ow - 1) + 1, sw), slice(None))
 
@@ -106,16 +107,16 @@ class Windows:
         return out
 
     def crop(self, xpad):
-        """The unpadded part of a padded (N, Hp, Wp, C) array."""
+        """The unpadded part of a padded (lead, Hp, Wp, trail) array."""
         if not self.padded:
             return xpad
         (top, _), (left, _) = self.pads
         h, w = self.in_hw
         return xpad[:, top:top + h, left:left + w, :]
 
-    def grad_buffer(self, xp, n, c, dtype):
-        """A padded (N, Hp, Wp, C) input gradient to fill slice by slice (zeroed unless the slices tile it)."""
-        return (xp.empty if self.tiles else xp.zeros)((n,) + self.padded_hw + (c,), dtype=dtype)
+    def grad_buffer(self, xp, lead, trail, dtype):
+        """A padded (lead, Hp, Wp, trail) gradient to fill slice by slice (zeroed unless the slices tile it)."""
+        return (xp.empty if self.tiles else xp.zeros)((lead,) + self.padded_hw + (trail,), dtype=dtype)
 
     def add_into(self, dxpad, i, j, part):
         """dxpad[window slice (i, j)] += part (a plain store when windows are disjoint)."""
@@ -124,37 +125,46 @@ class Windows:
         else:
             dxpad[self.slice(i, j)] += part
 
-    # -- im2col ----------------------------------------------------------------------------------------------
-    # Two layouts of the same (rows = N*OH*OW, cols = KH*KW*C) patch matrix. "rows" stores it as is: the copy
-    # reads runs of KW*C contiguous values. "transposed" stores its transpose, (KH, KW, C, N, OH, OW): the copy
-    # reads runs along OW, which is far faster when KW*C is small (a 1- or 3-channel input layer).
+    # -- im2col / col2im -----------------------------------------------------------------------------------
+    # The patch matrix has one row per output pixel (n, oh, ow) and one column per kernel tap (kh, kw, c), plus a
+    # column of ones when a bias rides along in the GEMM (adding a bias to a tall, narrow output separately is
+    # slow). It is stored as is ("rows", each copy run is KW*C contiguous values) or transposed, (KH, KW, C, N,
+    # OH, OW), whose copy runs along OW: far faster when KW*C is small (a 1- or 3-channel input layer).
 
     def transposed_layout(self, channels):
         return 2 * self.kernel[1] * channels <= self.out_hw[1]
 
-    def im2col(self, xp, xpad, transposed):
-        """The patch matrix of padded NHWC ``xpad``: (N*OH*OW, KH*KW*C), or its transpose, contiguous."""
+    def im2col(self, xp, xpad, transposed, ones=False):
+        """The patch matrix of padded NHWC ``xpad``, (N*OH*OW, KH*KW*C [+1]) or its transpose, contiguous."""
         n, c = xpad.shape[0], xpad.shape[3]
         (kh, kw), (oh, ow), (sh, sw) = self.kernel, self.out_hw, self.strides
         s0, s1, s2, s3 = xpad.strides
+        rows, taps = n * oh * ow, kh * kw * c
         if transposed:
             shape, strides = (kh, kw, c, n, oh, ow), (s1, s2, s3, s0, sh * s1, sw * s2)
         else:
             shape, strides = (n, oh, ow, kh, kw, c), (s0, sh * s1, sw * s2, s1, s2, s3)
-        view = xp.lib.stride_tricks.as_strided(xpad, shape, strides)
-        rows, cols = n * oh * ow, kh * kw * c
-        return view.reshape((cols, rows) if transposed else (rows, cols))
-
-    def col2im(self, xp, dcols, n, c, dtype, transposed):
-        """The padded input gradient from the patch-matrix gradient ``dcols`` (in im2col's layout)."""
-        (kh, kw), (oh, ow) = self.kernel, self.out_hw
-        dxpad = self.grad_buffer(xp, n, c, dtype)
+        windows = xp.lib.stride_tricks.as_strided(xpad, shape, strides)
+        if not ones:
+            return windows.reshape((taps, rows) if transposed else (rows, taps))  # the one copy
         if transposed:
-            d6 = dcols.reshape(kh, kw, c, n, oh, ow)
-            for i, j in self.positions():
-                self.add_into(dxpad, i, j, d6[i, j].transpose(1, 2, 3, 0))
+            out = xp.empty((taps + 1, rows), dtype=xpad.dtype)
+            out[taps] = 1
+            out[:taps].reshape(shape)[...] = windows
         else:
-            d6 = dcols.reshape(n, oh, ow, kh, kw, c)
-            for i, j in self.positions():
-                self.add_into(dxpad, i, j, d6[:, :, :, i, j, :])
+            out = xp.empty((rows, taps + 1), dtype=xpad.dtype)
+            out[:, taps] = 1
+            item = out.itemsize
+            row = (taps + 1) * item
+            xp.lib.stride_tricks.as_strided(out, shape, (oh * ow * row, ow * row, row, kw * c * item, c * item,
+                                                         item))[...] = windows
+        return out
+
+    def col2im(self, xp, d, dtype):
+        """Sum per-kernel-position gradients back onto the padded image: ``d`` is (KH, KW, lead, OH, OW, trail)
+        and the result (lead, Hp, Wp, trail). Conv2D picks a layout where ``d[i, j]`` is contiguous and the
+        (OW, trail) runs it is added into are long, (C, ., ., N) or (1, ., ., N*C), so the kh*kw adds stream."""
+        dxpad = self.grad_buffer(xp, d.shape[2], d.shape[5], dtype)
+        for i, j in self.positions():
+            self.add_into(dxpad, i, j, d[i, j])
         return dxpad

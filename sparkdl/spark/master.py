@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from .. import fs
-from ..train.averaging import Contribution, merge
+from ..train.averaging import Contribution, add, merge
 
 REPARTITION = ("always", "never", "auto")
 MODES = ("jobs", "barrier")
@@ -129,7 +129,7 @@ def fit_jobs(master, run, prepared):
                                master.average_optimizer_state, epoch, r, g, bc, run.backend)
             sc.setJobDescription(f"sparkdl: epoch {epoch + 1}/{run.epochs}, round {r + 1}/{run.rounds_per_epoch}")
             rdd = sc.parallelize(range(len(paths)), len(paths)).mapPartitionsWithIndex(task)
-            total = rdd.treeAggregate(Contribution(), merge, merge, depth=master.aggregation_depth)
+            total = rdd.treeAggregate(Contribution(), add, merge, depth=master.aggregation_depth)
             run.apply(total, epoch, r, g, start=t_bc, broadcast_s=0.0)
             bc.destroy()
             if run.stopped:

@@ -179,8 +179,14 @@ class SparkTrainer:
         try:
             if validation_df is not None:
                 val, _ = self._prepared(validation_df, features_col, label_col, "validation DataFrame")
-                persisted.append(val.persist(level))
-                evaluate_validation = lambda: self._evaluate_prepared(val)
+                if master.mode == "barrier":
+                    # the barrier stage holds the executors' slots: validate on the driver, data collected once
+                    vx, vy = data.batch_to_numpy(val.select(data.X, data.Y).toArrow(), int(np.prod(model.input_shape)))
+                    vx = vx.reshape((-1,) + tuple(model.input_shape))
+                    evaluate_validation = lambda: model.evaluate(vx, vy)
+                else:
+                    persisted.append(val.persist(level))
+                    evaluate_validation = lambda: self._evaluate_prepared(val)
             run = FitRun(self, master, epochs, callbacks, evaluate_validation, verbose, resume_round)
             history = master.fit(run, prepared)
         finally:

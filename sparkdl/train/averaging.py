@@ -22,6 +22,12 @@ class Contribution:
         self.partials = partials or {}
         self.stats = list(stats or [])   # per-worker timing records, concatenated on merge
 
+    @classmethod
+    def of(cls, result):
+        """The weighted contribution of a worker's RoundResult."""
+        return cls(result.n, result.params, result.state, result.opt, result.loss_sum, result.partials,
+                   result.steps, result.stats)
+
     def merge(self, other):
         """Add ``other`` into self (in place) and return self; zero contributions are identities."""
         if other.n == 0 and not other.stats:
@@ -56,5 +62,10 @@ def _add(a, b):
 
 
 def merge(a, b):
-    """combOp / seqOp for Spark's treeAggregate."""
+    """combOp for Spark's treeAggregate."""
     return a.merge(b)
+
+
+def add(total, result):
+    """seqOp for Spark's treeAggregate: weight a RoundResult into the running total."""
+    return total.merge(Contribution.of(result))

@@ -4,7 +4,7 @@ one self-contained file (inline SVG, no scripts, no downloads)."""
 import html
 import json
 
-_COLORS = {"read_s": "#9e9e9e", "load_s": "#ffb74d", "fit_s": "#1e88e5", "ship_s": "#e53935"}
+_COLORS = {"read_s": "#9e9e9e", "load_s": "#ffb74d", "fit_s": "#1e88e5", "ship_s": "#e53935", "wait_s": "#e0e0e0"}
 
 
 class TrainingStats:
@@ -71,7 +71,7 @@ class TrainingStats:
             parts.append(f"<text x='0' y='{y + 14}' font-size='12'>worker {wid}</text>")
             for w in (w for w in self.workers if w["worker"] == wid):
                 x = 80 + (w["start"] - t0) * scale
-                for key in ("read_s", "load_s", "fit_s", "ship_s"):
+                for key in _COLORS:
                     d = w.get(key, 0.0) * scale
                     parts.append(f"<rect x='{x:.1f}' y='{y}' width='{max(d, 0.5):.1f}' height='{row - 4}' "
                                  f"fill='{_COLORS[key]}'><title>round {w['round']} {key[:-2]} "

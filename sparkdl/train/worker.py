@@ -1,12 +1,25 @@
 """One worker's share of an averaging round, Spark-free: start from the driver's buffers, fit the round's
-minibatches, return a weighted Contribution. Masters wrap this in a Spark task (jobs mode) or call it in a
-resident loop (barrier mode); tests call it with plain numpy arrays."""
+minibatches, return the resulting buffers (float32, unweighted: half the bytes of a weighted float64 copy;
+the receiver weights them). Masters wrap this in a Spark task (jobs mode) or call it in a resident loop
+(barrier mode); tests call it with plain numpy arrays."""
 import json
 import time
+from dataclasses import dataclass, field
 
 from ..nn.model import model_from_config
-from .averaging import Contribution
 from .loop import train_batches
+
+
+@dataclass
+class RoundResult:
+    n: int
+    params: object
+    state: object
+    opt: object
+    loss_sum: float
+    partials: dict
+    steps: int
+    stats: list = field(default_factory=list)
 
 _MODELS = {}  # (model json, compile json, backend) -> model, reused by a Python worker across rounds
 
@@ -25,8 +38,8 @@ def worker_model(model_json, compile_json, backend="numpy"):
 
 def fit_round(model, x, y, index_batches, params, state, opt_buffer, iterations, average_optimizer_state,
               record=None):
-    """Load the driver's buffers into ``model``, fit ``index_batches`` of (x, y), and return the
-    Contribution (weighted params, state, optimizer state, loss/metric sums, a timing record)."""
+    """Load the driver's buffers into ``model``, fit ``index_batches`` of (x, y), and return a RoundResult
+    (params, state, optimizer state if averaged, loss/metric sums, a timing record)."""
     t0 = time.time()
     model.set_flat_params(params)
     if model.state.size:
@@ -41,7 +54,7 @@ def fit_round(model, x, y, index_batches, params, state, opt_buffer, iterations,
     totals = train_batches(model, x, y, index_batches)
     loss_sum = float(totals.loss_sum)  # syncs a GPU before the clock stops
     t2 = time.time()
-    contribution = Contribution(
+    result = RoundResult(
         n=totals.count, params=model.get_flat_params(),
         state=model.get_flat_state() if model.state.size else None,
         opt=opt.get_state()["buffer"] if average_optimizer_state else None,
@@ -51,5 +64,5 @@ def fit_round(model, x, y, index_batches, params, state, opt_buffer, iterations,
         record.setdefault("start", t0)
         record.update(load_s=t1 - t0, fit_s=t2 - t1, ship_s=t3 - t2, n=totals.count,
                       steps=len(index_batches))
-        contribution.stats.append(record)
-    return contribution
+        result.stats.append(record)
+    return result

@@ -1,0 +1,100 @@
+"""The averaging server's wire format and handshake. Never pickle: the server listens on a network port, so a
+message is a JSON header plus raw little-endian arrays of whitelisted dtypes, and a peer must prove it holds
+the per-fit secret (HMAC-SHA256 over a fresh server nonce) before anything it sends is read.
+
+frame = b"SDL1" | u32 header length | header JSON | the arrays' bytes, in header["arrays"] order
+"""
+import hashlib
+import hmac
+import json
+import os
+import struct
+
+import numpy as np
+
+MAGIC = b"SDL1"
+DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8"), "int64": np.dtype("<i8")}
+MAX_HEADER = 1 << 20
+
+
+class WireError(ConnectionError):
+    """The peer closed the connection or sent something that is not a valid frame."""
+
+
+def _recv_exact(sock, n):
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise WireError(f"connection closed after {got} of {n} bytes")
+        got += k
+    return buf
+
+
+def send(sock, header, arrays=None):
+    arrays = {k: v for k, v in (arrays or {}).items() if v is not None}
+    meta = []
+    for name, a in arrays.items():
+        dtype = np.dtype(a.dtype).name
+        if dtype not in DTYPES:
+            raise TypeError(f"cannot send array {name!r} of dtype {dtype}; allowed: {sorted(DTYPES)}")
+        meta.append([name, dtype, list(a.shape)])
+    raw = json.dumps({**header, "arrays": meta}).encode()
+    sock.sendall(MAGIC + struct.pack("<I", len(raw)) + raw)
+    for a in arrays.values():
+        sock.sendall(memoryview(np.ascontiguousarray(a, DTYPES[np.dtype(a.dtype).name])).cast("B"))
+
+
+def recv(sock, max_bytes=1 << 34):
+    """(header dict, {name: array}); raises WireError on a closed connection or a malformed frame."""
+    head = _recv_exact(sock, 8)
+    if bytes(head[:4]) != MAGIC:
+        raise WireError("not a sparkdl frame (bad magic)")
+    (length,) = struct.unpack("<I", head[4:])
+    if length > MAX_HEADER:
+        raise WireError(f"header of {length} bytes is larger than {MAX_HEADER}")
+    try:
+        header = json.loads(bytes(_recv_exact(sock, length)))
+        meta = header.pop("arrays")
+    except (ValueError, KeyError, AttributeError) as e:
+        raise WireError(f"malformed header: {e}") from None
+    arrays, total = {}, 0
+    for name, dtype, shape in meta:
+        if dtype not in DTYPES or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise WireError(f"array {name!r}: bad dtype {dtype!r} or shape {shape!r}")
+        nbytes = int(np.prod(shape)) * DTYPES[dtype].itemsize
+        total += nbytes
+        if total > max_bytes:
+            raise WireError(f"frame of more than {max_bytes} bytes")
+        arrays[name] = np.frombuffer(_recv_exact(sock, nbytes), DTYPES[dtype]).reshape(shape)
+    return header, arrays
+
+
+def proof(secret, nonce):
+    return hmac.new(secret, nonce, hashlib.sha256).digest()
+
+
+def challenge(sock, secret):
+    """Server side: True when the peer answers the nonce with the right HMAC."""
+    nonce = os.urandom(32)
+    sock.sendall(nonce)
+    answer = bytes(_recv_exact(sock, 32))
+    return hmac.compare_digest(answer, proof(secret, nonce))
+
+
+def respond(sock, secret):
+    """Client side: answer the server's nonce."""
+    nonce = bytes(_recv_exact(sock, 32))
+    sock.sendall(proof(secret, nonce))
+
+
+def encode_partials(partials):
+    """Metric partial sums (dicts of floats and arrays) as JSON-able values."""
+    return {k: {n: [np.asarray(v).tolist(), np.ndim(v) > 0] for n, v in part.items()} for k, part in partials.items()}
+
+
+def decode_partials(plain):
+    return {k: {n: (np.asarray(v) if is_array else v) for n, (v, is_array) in part.items()}
+            for k, part in plain.items()}

@@ -1,0 +1,118 @@
+"""Barrier mode on local[2]: same result as jobs mode, authentication, recovery from a dead worker."""
+import socket
+
+import numpy as np
+import pytest
+
+from sparkdl import optim
+from sparkdl.datasets import load_digits
+from sparkdl.nn import Dense, Sequential
+
+pytestmark = pytest.mark.spark
+SCHEMA = "features array<float>, label int"
+
+
+@pytest.fixture(scope="module")
+def data(spark):
+    x, y = load_digits("train")
+    xte, yte = load_digits("test")
+    parts = [[(a.tolist(), int(b)) for a, b in zip(x[i::2], y[i::2])] for i in (0, 1)]
+    parts[1] = parts[1][:500]  # unequal shards
+    df = spark.createDataFrame(spark.sparkContext.parallelize([0, 1], 2).flatMap(lambda i: parts[i]), SCHEMA)
+    return df.cache(), xte, yte
+
+
+def mlp(seed=0):
+    m = Sequential([Dense(32, activation="relu"), Dense(10, activation="softmax")], input_shape=(64,), seed=seed)
+    return m.compile(optim.Adam(0.01), "sparse_categorical_crossentropy", ["accuracy"])
+
+
+def fit(df, mode, epochs=2, callbacks=(), **kw):
+    from sparkdl.spark import ParameterAveraging, SparkTrainer
+    fail = kw.pop("fail_once_at", None)
+    master = ParameterAveraging(num_workers=2, batch_size_per_worker=32, averaging_frequency=4, repartition="never",
+                                seed=3, mode=mode, **kw)
+    model = mlp()
+    trainer = SparkTrainer(model, master)
+    if fail:
+        master.fail_once_at = fail
+    history = trainer.fit(df, epochs=epochs, callbacks=callbacks, verbose=0)
+    return model, history
+
+
+def test_barrier_and_jobs_modes_end_with_the_same_params(data):
+    df, xte, yte = data
+    jobs, hj = fit(df, "jobs")
+    barrier, hb = fit(df, "barrier")
+    np.testing.assert_allclose(barrier.get_flat_params(), jobs.get_flat_params(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(barrier.optimizer.get_state()["buffer"], jobs.optimizer.get_state()["buffer"],
+                               rtol=1e-5, atol=1e-6)
+    assert [r["loss"] for r in hb.rounds] == pytest.approx([r["loss"] for r in hj.rounds], rel=1e-6)
+    assert hb.history["accuracy"] == pytest.approx(hj.history["accuracy"])
+    summary = hb.stats.summary()
+    assert summary["workers"] == 2 and summary["rounds"] == len(hb.rounds)
+    assert all("wait_s" in w for w in hb.stats.workers)
+
+
+def test_unauthenticated_connections_are_refused_and_do_not_disturb_the_fit(data, monkeypatch):
+    from sparkdl.spark import barrier
+    from sparkdl.train import wire
+    df, xte, yte = data
+    intruders = []
+
+    class Attacked(barrier.AveragingServer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            wrong = socket.create_connection((self.host, self.port))
+            wrong.recv(32)
+            wrong.sendall(b"\0" * 32)      # a wrong HMAC
+            garbage = socket.create_connection((self.host, self.port))
+            garbage.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"x" * 64)
+            forged = socket.create_connection((self.host, self.port))
+            wire.send(forged, {"type": "hello", "worker": 0, "attempt": 10 ** 9, "rows": 1})  # no handshake
+            intruders.extend([wrong, garbage, forged])
+
+    monkeypatch.setattr(barrier, "AveragingServer", Attacked)
+    attacked, history = fit(df, "barrier")
+    monkeypatch.undo()
+    clean, _ = fit(df, "barrier")
+    np.testing.assert_array_equal(attacked.get_flat_params(), clean.get_flat_params())
+    assert history.refused_connections == 3
+    for s in intruders:
+        s.close()
+
+
+def test_a_worker_that_dies_mid_fit_is_retried_and_resumes(data, tmp_path):
+    df, xte, yte = data
+    clean, _ = fit(df, "barrier", epochs=3)
+    marker = tmp_path / "died"
+    resumed, history = fit(df, "barrier", epochs=3, fail_once_at=(0, 9, str(marker)))
+    assert marker.exists(), "the test hook did not fire"
+    assert [r["round"] for r in history.rounds] == list(range(1, len(history.rounds) + 1))
+    acc_clean = clean.evaluate(xte, yte)["accuracy"]
+    acc_resumed = resumed.evaluate(xte, yte)["accuracy"]
+    assert abs(acc_clean - acc_resumed) <= 0.01
+    # the retried tasks restart from the driver's average at the round where the fit stood: nothing is lost
+    np.testing.assert_allclose(resumed.get_flat_params(), clean.get_flat_params(), rtol=1e-5, atol=1e-5)
+
+
+def test_barrier_mode_refuses_more_workers_than_slots(data):
+    from sparkdl.spark import ParameterAveraging, SparkTrainer
+    df, *_ = data
+    trainer = SparkTrainer(mlp(), ParameterAveraging(num_workers=3, batch_size_per_worker=8, mode="barrier"))
+    with pytest.raises(ValueError, match=r"runs all 3 workers at once, but the cluster has 2 task slots.*mode='jobs'"):
+        trainer.fit(df, verbose=0)
+
+
+def test_barrier_mode_refuses_dynamic_allocation(spark):
+    from pyspark import SparkConf
+    from sparkdl.spark.barrier import check_cluster
+
+    class FakeContext:
+        defaultParallelism = 8
+
+        def getConf(self):
+            return SparkConf(loadDefaults=False).set("spark.dynamicAllocation.enabled", "true")
+
+    with pytest.raises(ValueError, match=r"dynamicAllocation.*mode='jobs'"):
+        check_cluster(FakeContext(), 2)

@@ -26,16 +26,20 @@ def test_schedule_covers_every_row_once_per_epoch():
 
 
 def test_average_is_weighted_by_examples():
-    a = Contribution(n=30, params=np.full(4, 1.0), state=np.full(2, 2.0), opt=np.full(3, 3.0), loss_sum=30.0)
-    b = Contribution(n=10, params=np.full(4, 5.0), state=np.full(2, 6.0), opt=np.full(3, 7.0), loss_sum=50.0)
-    total = merge(merge(Contribution(), a), b)
+    def a():
+        return Contribution(n=30, params=np.full(4, 1.0), state=np.full(2, 2.0), opt=np.full(3, 3.0), loss_sum=30.0)
+
+    def b():
+        return Contribution(n=10, params=np.full(4, 5.0), state=np.full(2, 6.0), opt=np.full(3, 7.0), loss_sum=50.0)
+
+    total = merge(merge(Contribution(), a()), b())
     params, state, opt = total.average()
     np.testing.assert_allclose(params, (30 * 1 + 10 * 5) / 40)   # 2.0, not the unweighted 3.0
     np.testing.assert_allclose(state, (30 * 2 + 10 * 6) / 40)
     np.testing.assert_allclose(opt, (30 * 3 + 10 * 7) / 40)
     assert total.n == 40 and total.loss_sum == 80.0 and params.dtype == np.float32
     # zero contributions (a worker that sat the round out) change nothing, in any merge order
-    again = merge(merge(Contribution(), Contribution(n=0)), merge(b, a))
+    again = merge(merge(Contribution(), Contribution(n=0)), merge(b(), a()))
     np.testing.assert_allclose(again.average()[0], params)
     with pytest.raises(ValueError, match="no worker fitted"):
         Contribution().average()

@@ -88,7 +88,7 @@ def _join(run, server, n_workers, state, min_attempt, round_):
         state["sizes"] = sizes
     elif sizes != state["sizes"]:
         raise RuntimeError(f"the retried workers hold {sizes} rows, not {state['sizes']}: the partitioning changed")
-    p = run.payload()
+    p = run.payload(copy=False)
     server.send_all(workers, {"type": "start", "round": round_, "rounds_per_epoch": run.rounds_per_epoch,
                               "total_rounds": run.epochs * run.rounds_per_epoch, "iterations": p["iterations"]},
                     {"params": p["params"], "state": p["state"], "opt": p["opt"]})
@@ -112,7 +112,7 @@ def _serve(run, server, n_workers, state):
         for w in sorted(results):
             total.merge(_result(*results[w][:2]))
         run.apply(total, epoch, r, g, start=t_round)
-        p = run.payload()
+        p = run.payload(copy=False)
         server.send_all(workers, {"type": "params", "round": g + 1, "iterations": p["iterations"]},
                         {"params": p["params"], "state": p["state"], "opt": p["opt"]})
         sent = time.time()
@@ -174,7 +174,8 @@ def _barrier_task(host, port, secret, input_shape, n_features, label_dtype, mode
             record = {"worker": worker, "round": g, "epoch": epoch, "start": _time.time(), "read_s": read_s}
             read_s = 0.0
             res = fit_round(model, x, y, schedule.round_batches(order, batch_size, freq, r), arrays["params"],
-                            arrays.get("state"), arrays.get("opt"), iterations, average_optimizer_state, record)
+                            arrays.get("state"), arrays.get("opt"), iterations, average_optimizer_state, record,
+                            copy=False)
             _wire.send(sock, {"type": "round", "round": g, "n": res.n, "loss_sum": res.loss_sum, "steps": res.steps,
                               "partials": _wire.encode_partials(res.partials), "stats": record},
                        {"params": res.params, "state": res.state, "opt": res.opt})

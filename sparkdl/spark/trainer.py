@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import io
+from ..backend import to_numpy
 from ..train.averaging import Contribution
 from ..train.callbacks import CallbackList, History
 from ..train.progress import Progress
@@ -75,12 +76,14 @@ class FitRun:
                 self.stopped = True
                 return
 
-    def payload(self):
-        """What every worker starts a round from (host arrays)."""
+    def payload(self, copy=True):
+        """What every worker starts a round from (host arrays; views of the model's buffers if not ``copy``,
+        for a caller that ships them before the next round changes them)."""
         model, opt = self.model, self.model.optimizer
-        return {"params": model.get_flat_params(),
-                "state": model.get_flat_state() if model.state.size else None,
-                "opt": opt.get_state()["buffer"] if self.master.average_optimizer_state else None,
+        host = (lambda a: to_numpy(a).copy()) if copy else to_numpy
+        return {"params": host(model.params),
+                "state": host(model.state) if model.state.size else None,
+                "opt": host(opt.state_buffer) if self.master.average_optimizer_state else None,
                 "iterations": int(opt.iterations)}
 
     # -- applying a round -----------------------------------------------------------------------------------

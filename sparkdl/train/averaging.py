@@ -15,10 +15,7 @@ class Contribution:
     def __init__(self, n=0, params=None, state=None, opt=None, loss_sum=0.0, partials=None, steps=0,
                  stats=None):
         self.n, self.loss_sum, self.steps = int(n), float(loss_sum), int(steps)
-        w = float(n)
-        self.params = None if params is None else np.asarray(params, np.float64) * w
-        self.state = None if state is None or np.size(state) == 0 else np.asarray(state, np.float64) * w
-        self.opt = None if opt is None or np.size(opt) == 0 else np.asarray(opt, np.float64) * w
+        self.params, self.state, self.opt = (_weighted(a, n) for a in (params, state, opt))
         self.partials = partials or {}
         self.stats = list(stats or [])   # per-worker timing records, concatenated on merge
 
@@ -29,7 +26,7 @@ class Contribution:
                    result.steps, result.stats)
 
     def merge(self, other):
-        """Add ``other`` into self (in place) and return self; zero contributions are identities."""
+        """Add ``other`` into self (in place; ``other`` is consumed) and return self."""
         if other.n == 0 and not other.stats:
             return self
         self.params = _add(self.params, other.params)
@@ -48,13 +45,18 @@ class Contribution:
         if self.n == 0:
             raise ValueError("no worker fitted any example in this round; nothing to average")
         scale = 1.0 / self.n
-        avg = lambda a: None if a is None else (a * scale).astype(dtype)
+        avg = lambda a: None if a is None else np.multiply(a, scale, out=np.empty(a.shape, dtype), casting="same_kind")
         return avg(self.params), avg(self.state), avg(self.opt)
+
+
+def _weighted(a, n):
+    """n * a in float64 (one allocation, no float64 copy of the input first)."""
+    return None if a is None or np.size(a) == 0 else np.multiply(a, float(n), dtype=np.float64)
 
 
 def _add(a, b):
     if a is None:
-        return None if b is None else b.copy()
+        return b  # take ownership: contributions are temporaries
     if b is None:
         return a
     a += b

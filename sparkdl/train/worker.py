@@ -6,6 +6,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
+from ..backend import to_numpy
 from ..nn.model import model_from_config
 from .loop import train_batches
 
@@ -37,9 +38,10 @@ def worker_model(model_json, compile_json, backend="numpy"):
 
 
 def fit_round(model, x, y, index_batches, params, state, opt_buffer, iterations, average_optimizer_state,
-              record=None):
+              record=None, copy=True):
     """Load the driver's buffers into ``model``, fit ``index_batches`` of (x, y), and return a RoundResult
-    (params, state, optimizer state if averaged, loss/metric sums, a timing record)."""
+    (params, state, optimizer state if averaged, loss/metric sums, a timing record). With ``copy=False`` the
+    buffers are views of the model's, valid until the model trains again."""
     t0 = time.time()
     model.set_flat_params(params)
     if model.state.size:
@@ -54,10 +56,11 @@ def fit_round(model, x, y, index_batches, params, state, opt_buffer, iterations,
     totals = train_batches(model, x, y, index_batches)
     loss_sum = float(totals.loss_sum)  # syncs a GPU before the clock stops
     t2 = time.time()
+    host = (lambda a: to_numpy(a).copy()) if copy else to_numpy
     result = RoundResult(
-        n=totals.count, params=model.get_flat_params(),
-        state=model.get_flat_state() if model.state.size else None,
-        opt=opt.get_state()["buffer"] if average_optimizer_state else None,
+        n=totals.count, params=host(model.params),
+        state=host(model.state) if model.state.size else None,
+        opt=host(opt.state_buffer) if average_optimizer_state else None,
         loss_sum=loss_sum, partials=totals.partials, steps=len(index_batches))
     t3 = time.time()
     if record is not None:

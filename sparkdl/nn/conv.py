@@ -1,7 +1,7 @@
 """Conv2D as GEMMs over the im2col patch matrix (windows.py holds the geometry and the patch layouts).
 
 forward:  y = patches @ [kernel; bias]              patches (N*OH*OW, KH*KW*C + 1), cached for backward
-backward: d[kernel; bias] = patches.T @ g
+backward: d[kernel; bias] = patches.T @ g           both GEMMs over blocks of images for small layers
           dx = col2im(g @ kernel.T)                 the product laid out so that col2im's kh*kw adds stream
                                                     (see _input_grad), then one transpose to the data format.
 """
@@ -91,13 +91,13 @@ class Conv2D(Layer):
         xp, f, blocks = self.xp, self.filters, self._blocks
         grad = to_nhwc(self.activation.backward(grad), self.data_format)   # (N, OH, OW, filters)
         cols = _row_blocks(self._cols, self._transposed, blocks)          # (blocks, rows, taps)
-        per_block = xp.matmul(cols.transpose(0, 2, 1), grad.reshape(blocks, -1, f))
+        partial = xp.matmul(cols.transpose(0, 2, 1), grad.reshape(blocks, -1, f))   # (blocks, taps, filters)
         if self.use_bias:  # the ones column of the patches turns the last row into the bias gradient
-            dweights = per_block.sum(axis=0) if blocks > 1 else per_block[0]
+            dweights = partial.sum(axis=0) if blocks > 1 else partial[0]
             self.grads["kernel"].reshape(-1, f)[...] = dweights[:-1]
             self.grads["bias"][...] = dweights[-1]
         else:
-            per_block.sum(axis=0, out=self.grads["kernel"].reshape(-1, f))
+            partial.sum(axis=0, out=self.grads["kernel"].reshape(-1, f))
         if not self.need_input_grad:
             return None
         return self._input_grad(grad)

@@ -35,7 +35,6 @@ class ParameterAveraging:
     average_optimizer_state: average the optimizer state (momentum, Adam m/v) like the params; if False every
         round starts from a fresh optimizer state (DL4J's saveUpdater=false).
     aggregation_depth: depth of the treeAggregate that sums contributions (jobs mode).
-    prefetch_batches: minibatches gathered ahead of the one being fitted (reserved: shards are memory-mapped).
     repartition: "always", "never" (use the DataFrame's partitions as the workers) or "auto" (only when the
         partition count differs from num_workers).
     storage_level: how the prepared DataFrame is persisted between its check and its export.
@@ -48,7 +47,7 @@ class ParameterAveraging:
     """
 
     def __init__(self, num_workers=None, batch_size_per_worker=32, averaging_frequency=5,
-                 average_optimizer_state=True, aggregation_depth=2, prefetch_batches=2, repartition="always",
+                 average_optimizer_state=True, aggregation_depth=2, repartition="always",
                  storage_level="MEMORY_AND_DISK", export_dir=None, seed=None, shuffle=True, collect_stats=True,
                  mode="jobs", server_timeout=600.0):
         self.num_workers = _int(num_workers, "num_workers", allow_none=True)
@@ -56,7 +55,6 @@ class ParameterAveraging:
         self.averaging_frequency = _int(averaging_frequency, "averaging_frequency")
         self.average_optimizer_state = bool(average_optimizer_state)
         self.aggregation_depth = _int(aggregation_depth, "aggregation_depth")
-        self.prefetch_batches = _int(prefetch_batches, "prefetch_batches", minimum=0)
         if repartition not in REPARTITION:
             raise ValueError(f"repartition must be one of {REPARTITION}. Received: repartition={repartition!r}")
         self.repartition = repartition

@@ -112,6 +112,7 @@ class FitRun:
         if self.history.stats is not None:
             self.history.stats.add_round(record, total.stats)
         self.callbacks.on_round_end(g, {"loss": loss, "epoch": epoch + 1, "round_in_epoch": r + 1})
+        self.progress.title = f"Epoch {epoch + 1}/{self.epochs} round {r + 1}/{self.rounds_per_epoch}"
         self.progress.update(self.epoch_total.n, lambda: {"loss": self.epoch_total.loss_sum / self.epoch_total.n})
 
     def _begin_epoch(self, epoch):
@@ -128,6 +129,7 @@ class FitRun:
                 logs[m.name] = m.result(t.partials[m.name])
         if self.evaluate_validation is not None:
             logs.update({f"val_{k}": v for k, v in self.evaluate_validation().items()})
+        self.progress.title = f"Epoch {epoch + 1}/{self.epochs}"
         self.progress.end(t.n, logs)
         self.callbacks.on_epoch_end(epoch, logs)
 

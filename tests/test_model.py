@@ -224,3 +224,15 @@ def test_core_imports_without_pyspark_or_cupy():
             "m = sparkdl.Sequential([sparkdl.nn.Dense(2)], input_shape=(3,)).compile('sgd', 'mse')\n"
             "m.fit([[1.0, 2.0, 3.0]], [[0.0, 1.0]], verbose=0)\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_small_cnn_learns_digits():
+    from sparkdl.nn import Conv2D, Flatten, MaxPooling2D
+    xtr, ytr = load_digits("train", flatten=False)
+    xte, yte = load_digits("test", flatten=False)
+    m = Sequential([Conv2D(16, 3, padding="same", activation="relu"), MaxPooling2D(2),
+                    Conv2D(32, 3, padding="same", activation="relu"), Flatten(),
+                    Dense(64, activation="relu"), Dense(10, activation="softmax")], input_shape=(8, 8, 1), seed=0)
+    m.compile(optim.Adam(0.003), "sparse_categorical_crossentropy", ["accuracy"])
+    m.fit(xtr, ytr, epochs=12, batch_size=32, verbose=0)
+    assert m.evaluate(xte, yte)["accuracy"] >= 0.95

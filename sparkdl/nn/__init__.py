@@ -1,10 +1,12 @@
 """Layers and models (the numeric core). Imports neither pyspark nor cupy."""
 from .activations import ELU, GELU, Activation, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh
+from .conv import Conv2D
 from .core import Dense, Dropout, Flatten, Reshape
 from .embedding import Embedding
 from .graph import Add, Concatenate, GraphModel, Input
 from .layer import Layer, layer_from_config, layer_to_config, register
 from .model import Model, model_from_config
 from .normalization import BatchNormalization, LayerNormalization
+from .pooling import AveragePooling2D, GlobalAveragePooling2D, MaxPooling2D
 from .recurrent import GRU, LSTM, SimpleRNN
 from .sequential import Sequential

@@ -61,3 +61,30 @@ def make_rng(xp, seed):
     if xp is np:
         return np.random.default_rng(seed)
     return xp.random.default_rng(int(np.random.default_rng(seed).integers(2 ** 31)))
+
+
+def resolve(backend="auto", gpus=(), local=False):
+    """The backend a Spark task trains with.
+
+    "numpy": always the CPU. "cupy": the task's assigned GPU (``TaskContext.resources()["gpu"]``), device 0 in
+    local mode; with no GPU assigned, or no working cupy, it warns and falls back to the CPU. "auto": the
+    assigned GPU when there is one and cupy works, else the CPU, silently.
+    """
+    import warnings
+    if backend not in ("auto",) + BACKENDS:
+        raise ValueError(f"backend must be 'auto', 'numpy' or 'cupy'. Received: backend={backend!r}")
+    if backend == "numpy":
+        return "numpy"
+    device = int(gpus[0]) if gpus else (0 if local and backend == "cupy" else None)
+    if device is not None:
+        try:
+            xp = get_xp("cupy")
+            xp.cuda.Device(device).use()
+            return "cupy"
+        except Exception as e:  # no cupy, no driver, bad device id
+            reason = f"cupy cannot use GPU {device} ({e})"
+    else:
+        reason = "no GPU is assigned to this task (spark.task.resource.gpu.amount)"
+    if backend == "cupy":
+        warnings.warn(f"backend='cupy' but {reason}; training on the CPU with numpy", RuntimeWarning)
+    return "numpy"

@@ -36,7 +36,8 @@ def fit_barrier(master, run, prepared):
     secret = secrets.token_bytes(32)
     server = AveragingServer(secret, driver_host(sc), master.server_timeout)
     task = _barrier_task(server.host, server.port, secret, run.input_shape, run.n_features, run.label_dtype,
-                         run.model_json, run.compile_json, run.backend, master.seed, master.shuffle,
+                         run.model_json, run.compile_json, master.backend, sc.master.startswith("local"),
+                         master.seed, master.shuffle,
                          master.batch_size_per_worker, master.averaging_frequency, master.average_optimizer_state,
                          getattr(master, "fail_once_at", None))
     group = f"sparkdl-barrier-{uuid.uuid4().hex[:8]}"
@@ -128,7 +129,7 @@ def _serve(run, server, n_workers, state):
 
 
 def _barrier_task(host, port, secret, input_shape, n_features, label_dtype, model_json, compile_json, backend,
-                  seed, shuffle, batch_size, freq, average_optimizer_state, fail_once_at):
+                  local, seed, shuffle, batch_size, freq, average_optimizer_state, fail_once_at):
     """The barrier task closure: plain values only (the secret travels here, never in logs or configs)."""
     def task(batches):
         import os
@@ -141,6 +142,7 @@ def _barrier_task(host, port, secret, input_shape, n_features, label_dtype, mode
 
         from sparkdl.spark.data import batch_to_numpy
         from sparkdl.train import schedule, wire as _wire
+        from sparkdl.spark.gpu import task_backend
         from sparkdl.train.worker import fit_round, worker_model
 
         ctx = BarrierTaskContext.get()
@@ -153,12 +155,14 @@ def _barrier_task(host, port, secret, input_shape, n_features, label_dtype, mode
             ys.append(yb.astype(label_dtype))
         x = (np.concatenate(xs) if xs else np.zeros((0, n_features), np.float32)).reshape((-1,) + tuple(input_shape))
         y = np.concatenate(ys) if ys else np.zeros(0, label_dtype)
-        model = worker_model(model_json, compile_json, backend)
+        model = worker_model(model_json, compile_json, task_backend(backend, local))
+        n_rows = len(x)
+        x, y = model.xp.asarray(x), model.xp.asarray(y)  # resident for the whole fit (on the GPU with cupy)
         read_s = _time.time() - t0
         sock = socket.create_connection((host, port), timeout=60)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _wire.respond(sock, secret)
-        _wire.send(sock, {"type": "hello", "worker": worker, "attempt": attempt, "rows": len(x)})
+        _wire.send(sock, {"type": "hello", "worker": worker, "attempt": attempt, "rows": n_rows})
         sock.settimeout(None)
         header, arrays = _wire.recv(sock)
         if header["type"] != "start":
@@ -170,7 +174,7 @@ def _barrier_task(host, port, secret, input_shape, n_features, label_dtype, mode
                 open(fail_once_at[2], "w").close()
                 os._exit(1)  # test hook: this Python worker dies mid-fit, once
             epoch, r = divmod(g, per_epoch)
-            order = schedule.epoch_order(len(x), seed, epoch, worker, shuffle)
+            order = schedule.epoch_order(n_rows, seed, epoch, worker, shuffle)
             record = {"worker": worker, "round": g, "epoch": epoch, "start": _time.time(), "read_s": read_s}
             read_s = 0.0
             res = fit_round(model, x, y, schedule.round_batches(order, batch_size, freq, r), arrays["params"],
@@ -187,6 +191,6 @@ def _barrier_task(host, port, secret, input_shape, n_features, label_dtype, mode
             else:
                 raise RuntimeError(f"the driver aborted the fit: {header.get('reason')}")
         sock.close()
-        yield pa.record_batch([pa.array([worker], pa.int32()), pa.array([len(x)], pa.int64())],
+        yield pa.record_batch([pa.array([worker], pa.int32()), pa.array([n_rows], pa.int64())],
                               names=["worker", "rows"])
     return task

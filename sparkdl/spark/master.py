@@ -44,12 +44,14 @@ class ParameterAveraging:
     shuffle: reshuffle each worker's shard every epoch.
     collect_stats: record per-round timings (``history.stats``).
     mode: "jobs" or "barrier".
+    backend: "auto" (a task's assigned GPU with cupy, else numpy), "numpy", or "cupy" (warns and uses numpy
+        when a task has no GPU); see ``sparkdl.backend.resolve``.
     """
 
     def __init__(self, num_workers=None, batch_size_per_worker=32, averaging_frequency=5,
                  average_optimizer_state=True, aggregation_depth=2, repartition="always",
                  storage_level="MEMORY_AND_DISK", export_dir=None, seed=None, shuffle=True, collect_stats=True,
-                 mode="jobs", server_timeout=600.0):
+                 mode="jobs", backend="auto", server_timeout=600.0):
         self.num_workers = _int(num_workers, "num_workers", allow_none=True)
         self.batch_size_per_worker = _int(batch_size_per_worker, "batch_size_per_worker")
         self.averaging_frequency = _int(averaging_frequency, "averaging_frequency")
@@ -66,6 +68,9 @@ class ParameterAveraging:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}. Received: mode={mode!r}")
         self.mode = mode
+        if backend not in ("auto", "numpy", "cupy"):
+            raise ValueError(f"backend must be 'auto', 'numpy' or 'cupy'. Received: backend={backend!r}")
+        self.backend = backend
         if not server_timeout > 0:
             raise ValueError(f"server_timeout must be > 0 seconds. Received: server_timeout={server_timeout!r}")
         self.server_timeout = float(server_timeout)
@@ -124,7 +129,8 @@ def fit_jobs(master, run, prepared):
             t_bc = time.time()
             task = _round_task(paths, run.input_shape, run.model_json, run.compile_json, master.seed,
                                master.shuffle, master.batch_size_per_worker, master.averaging_frequency,
-                               master.average_optimizer_state, epoch, r, g, bc, run.backend)
+                               master.average_optimizer_state, epoch, r, g, bc, master.backend,
+                               sc.master.startswith("local"))
             sc.setJobDescription(f"sparkdl: epoch {epoch + 1}/{run.epochs}, round {r + 1}/{run.rounds_per_epoch}")
             rdd = sc.parallelize(range(len(paths)), len(paths)).mapPartitionsWithIndex(task)
             total = rdd.treeAggregate(Contribution(), add, merge, depth=master.aggregation_depth)
@@ -139,19 +145,20 @@ def fit_jobs(master, run, prepared):
 
 
 def _round_task(paths, input_shape, model_json, compile_json, seed, shuffle, batch_size, freq,
-                average_optimizer_state, epoch, r, g, bc, backend):
+                average_optimizer_state, epoch, r, g, bc, backend, local):
     """The task closure: only plain values and a broadcast handle."""
     def task(worker, _):
         import time as _time
         from sparkdl.spark.shards import read_shard
         from sparkdl.train import schedule as _schedule
+        from sparkdl.spark.gpu import task_backend
         from sparkdl.train.worker import fit_round, worker_model
         record = {"worker": worker, "round": g, "epoch": epoch, "start": _time.time()}
-        x, y = read_shard(paths[worker], input_shape)
+        model = worker_model(model_json, compile_json, task_backend(backend, local))
+        x, y = read_shard(paths[worker], input_shape, model.xp)
         payload = bc.value
         order = _schedule.epoch_order(len(x), seed, epoch, worker, shuffle)
         batches = _schedule.round_batches(order, batch_size, freq, r)
-        model = worker_model(model_json, compile_json, backend)
         record["read_s"] = _time.time() - record["start"]
         yield fit_round(model, x, y, batches, payload["params"], payload["state"], payload["opt"],
                         payload["iterations"], average_optimizer_state, record)

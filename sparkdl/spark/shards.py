@@ -20,9 +20,10 @@ def write_shard(path, x, y):
             writer.write_batch(batch)
 
 
-def read_shard(path, input_shape):
-    """(x as (rows, *input_shape) float32, y) for a shard; zero-copy from a memory map for local paths."""
-    hit = _CACHE.get(path)
+def read_shard(path, input_shape, xp=np):
+    """(x as (rows, *input_shape) float32, y) for a shard; zero-copy from a memory map for local paths, or
+    copied once to the device of ``xp`` (cupy) and kept there across rounds."""
+    hit = _CACHE.get((path, xp.__name__))
     if hit is not None:
         return hit
     local = fs.local_path(path)
@@ -33,8 +34,10 @@ def read_shard(path, input_shape):
     x = xs.flatten().to_numpy(zero_copy_only=False).reshape((len(xs),) + tuple(input_shape))
     assert x.shape[1:] and int(np.prod(x.shape[1:])) == d
     y = table.column("y").to_numpy()
+    if xp is not np:
+        x, y = xp.asarray(x), xp.asarray(y)
     _CACHE.clear()  # keep one shard per process: a worker reads the same shard every round
-    _CACHE[path] = (x, y)
+    _CACHE[(path, xp.__name__)] = (x, y)
     return x, y
 
 

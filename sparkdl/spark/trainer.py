@@ -30,7 +30,6 @@ class FitRun:
         self.input_shape = tuple(model.input_shape)
         self.n_features = int(np.prod(self.input_shape))
         self.label_dtype = data.label_dtype(model.loss.kind)
-        self.backend = "numpy"
         self.history = History()
         self.history.rounds = []
         self.history.stats = TrainingStats() if master.collect_stats else None

@@ -51,7 +51,10 @@ def batch_slices(n, batch_size, order=None):
 def train_batches(model, x, y, index_batches, totals=None, on_batch=None):
     """Run one optimizer step per index batch of the host arrays (x, y); returns the running Totals."""
     totals = totals or Totals(model.metrics)
+    resident = not isinstance(x, np.ndarray)  # the data already lives on the device
     for i, idx in enumerate(index_batches):
+        if resident and isinstance(idx, np.ndarray):
+            idx = model.xp.asarray(idx)
         xb, yb = model._device(x[idx]), model._device(y[idx])
         loss, out = model.train_on_batch(xb, yb)
         totals.add(model, loss, out, yb)

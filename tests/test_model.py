@@ -120,8 +120,8 @@ def test_early_stopping_and_checkpoint(tmp_path):
     stop = EarlyStopping(monitor="val_loss", patience=1)
     ckpt = ModelCheckpoint(tmp_path / "ck-{epoch}.npz")
     h = m.fit(xtr, ytr, epochs=10, validation_data=(xte, yte), callbacks=[stop, ckpt], verbose=0)
-    assert len(h.epoch) == 3 and stop.stopped_epoch == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck-1.npz", "ck-2.npz", "ck-3.npz"]
+    assert len(h.epoch) == 2 and stop.stopped_epoch == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck-1.npz", "ck-2.npz"]
     assert sparkdl.load_model(tmp_path / "ck-2.npz").meta == {"epoch": 2}
     with pytest.raises(KeyError, match="val_accuracy"):
         mlp().compile("sgd", metrics=["accuracy"]).fit(

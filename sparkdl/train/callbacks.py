@@ -53,8 +53,9 @@ def _better(mode, monitor):
 
 
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs; optionally restore
-    the weights (params and layer state) of the best epoch."""
+    """Stop after ``patience`` epochs in a row without an improvement of ``monitor`` by more than ``min_delta``
+    (Keras's rule: patience=1 stops at the first epoch that does not improve); optionally restore the weights
+    (params and layer state) of the best epoch."""
 
     def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto", restore_best_weights=False):
         if not isinstance(patience, int) or patience < 0:
@@ -80,7 +81,7 @@ class EarlyStopping(Callback):
                 self.best_weights = (self.model.get_flat_params(), self.model.get_flat_state())
             return
         self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience:
             self.stopped_epoch = epoch
             self.model.stop_training = True
 

@@ -37,3 +37,37 @@ bench: $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# Packaging for spark-submit (see conf/README.md):
+#   make dist    dist/sparkdl-<version>-py3-none-any.whl   the wheel
+#                dist/sparkdl.zip                          the package alone, for --py-files
+#                dist/sparkdl-env.tar.gz                   a packed virtualenv (sparkdl + numpy/pyarrow/pandas at the
+#                                                          versions of $(VENV)) for --archives ...#environment, with
+#                                                          PYSPARK_PYTHON=$(YARN_PYSPARK_PYTHON) in the containers
+#   make test-cluster   make dist, then the standalone-cluster test (its executors on the packed environment) and
+#                       the dist checks, their log on the terminal
+DIST      ?= dist
+DIST_ENV  ?= build/sparkdl-env
+YARN_PYSPARK_PYTHON := ./environment/bin/python
+# where Python lives on the YARN nodes, if not where it lives here (venv-pack links bin/python to it)
+PACK_PYTHON_PREFIX ?=
+.PHONY: dist test-cluster
+
+dist: $(VENV)/.installed
+	rm -rf $(DIST) $(DIST_ENV) build/wheel
+	$(BIN)/python -m pip wheel -q --no-deps -w $(DIST) .
+	$(BIN)/python -m zipfile -e $(DIST)/sparkdl-*.whl build/wheel
+	cd build/wheel && $(abspath $(BIN))/python -m zipfile -c $(abspath $(DIST))/sparkdl.zip sparkdl
+	$(BIN)/python -m venv $(DIST_ENV)
+	$(BIN)/python -m pip freeze --exclude-editable > build/constraints.txt
+	$(DIST_ENV)/bin/python -m pip install -q -c build/constraints.txt $(DIST)/sparkdl-*.whl --no-deps
+	$(DIST_ENV)/bin/python -m pip install -q -c build/constraints.txt --no-warn-conflicts numpy pyarrow pandas
+	cp conf/gpu-discovery.sh $(DIST_ENV)/bin/
+	$(BIN)/python -m pip install -q venv-pack
+	$(BIN)/venv-pack -q -p $(DIST_ENV) -o $(DIST)/sparkdl-env.tar.gz -f $(if $(PACK_PYTHON_PREFIX),--python-prefix $(PACK_PYTHON_PREFIX))
+	@echo "built $(DIST)/: $$(cd $(DIST) && ls | tr '\n' ' ')"
+	@echo "YARN: --archives $(DIST)/sparkdl-env.tar.gz#environment --conf spark.pyspark.python=$(YARN_PYSPARK_PYTHON)"
+
+test-cluster: $(VENV)/.installed-test dist
+	SPARKDL_DIST=$(abspath $(DIST)) $(BIN)/python -m pytest -v -s $(PYTEST_ARGS) tests/test_cluster.py \
+		tests/test_deploy.py::test_dist_holds_the_wheel_the_py_files_zip_and_the_packed_environment

@@ -1,21 +1,23 @@
 """spark-submit entry point: train a sparkdl model on a DataFrame with parameter averaging.
 
     spark-submit jobs/train.py                                 # bundled digits, local[2], MLP
-    spark-submit --master yarn jobs/train.py --data hdfs:///data/train.parquet --input-shape 28,28,1 \\
-        --model conf/models/cnn.json --test-data hdfs:///data/test.parquet --num-workers 8
+    spark-submit --master yarn --properties-file conf/spark-defaults.yarn-client.conf \\
+        --archives dist/sparkdl-env.tar.gz#environment --py-files jobs/common.py \\
+        jobs/train.py --data hdfs:///data/train.parquet --test-data hdfs:///data/test.parquet \\
+        --model conf/models/cnn.json --input-shape 28,28,1 --num-workers 8 --output-dir hdfs:///models/cnn
 
 Writes <output-dir>/model.npz, metrics.json and stats.html, and prints the held-out metrics.
 Exit status: 0 on success, 2 with a one-line reason on bad arguments or data.
 """
 import argparse
 import dataclasses
-import json
 import os
 import sys
-import tempfile
 
-BUILTIN_DATA = ("digits", "mnist")
-HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (beside this file; on YARN cluster mode ship it with --py-files jobs/common.py)
+
+PROG = "jobs/train.py"
 
 
 @dataclasses.dataclass
@@ -24,8 +26,9 @@ class TrainConfig:
     data_format: str = None
     test_data: str = None
     test_fraction: float = 0.2
-    features_col: str = "features"
+    features_col: object = None
     label_col: str = "label"
+    num_features: int = None
     input_shape: tuple = None
     model: str = "mlp"
     loss: str = "sparse_categorical_crossentropy"
@@ -41,27 +44,23 @@ class TrainConfig:
     export_dir: str = None
     seed: int = 0
     output_dir: str = "out"
-    master: str = "local[2]"
+    master: str = None
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="jobs/train.py", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = TrainConfig()
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default=d.data, help=f"a built-in dataset {BUILTIN_DATA} or a Parquet/CSV/JSON/LibSVM "
-                   "path (local or any Hadoop URI)")
-    g.add_argument("--data-format", default=None, choices=["parquet", "csv", "json", "libsvm"],
-                   help="format of --data and --test-data (default: from the file extension, else parquet)")
-    g.add_argument("--test-data", default=None, help="held-out data; default: a seeded split of --data")
+    g = common.add_data_args(p, f"a built-in dataset {common.BUILTIN_DATA} or a Parquet/CSV/JSON/LibSVM/IDX path "
+                             "(local or any Hadoop URI)", default=d.data)
+    g.add_argument("--test-data", default=None, help="held-out data (same format as --data); default: the built-in "
+                   "test split, the t10k files of an MNIST directory, or a seeded split of --data")
     g.add_argument("--test-fraction", type=float, default=d.test_fraction, help="held-out share when no --test-data")
-    g.add_argument("--features-col", default=d.features_col,
-                   help="features column (vector or array), or several numeric columns separated by commas")
-    g.add_argument("--label-col", default=d.label_col)
-    g.add_argument("--input-shape", default=None, help="model input shape, e.g. 28,28,1 (default: from the data)")
+    g.add_argument("--input-shape", default=None, help="model input shape, e.g. 28,28,1 (default: the spec's, else "
+                   "from the data and the model's first layer)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=d.model, help="'mlp', 'cnn' (conf/models/) or a model JSON file "
-                   "(as written by model.to_json(); input_shape may be left out)")
+    g.add_argument("--model", default=d.model, help=f"a spec in conf/models ({', '.join(common.builtin_models())}) "
+                   "or a JSON/YAML model spec file (as written by model.to_json(); input_shape may be left out)")
     g.add_argument("--loss", default=d.loss)
     g.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "adam", "adamw", "rmsprop", "adagrad"])
     g.add_argument("--learning-rate", type=float, default=d.learning_rate)
@@ -74,112 +73,109 @@ def parse_args(argv=None):
                    help="minibatches per worker between two averagings")
     g.add_argument("--no-average-optimizer-state", dest="average_optimizer_state", action="store_false")
     g.add_argument("--mode", default=d.mode, choices=["jobs", "barrier"])
-    g.add_argument("--export-dir", default=None, help="shard directory (a shared filesystem on a cluster)")
+    g.add_argument("--export-dir", default=None, help="shard directory for jobs mode (on a cluster: a path every "
+                   "executor can read, e.g. hdfs:///tmp/sparkdl)")
     g.add_argument("--seed", type=int, default=d.seed)
-    g = p.add_argument_group("output")
-    g.add_argument("--output-dir", default=d.output_dir, help="where model.npz, metrics.json, stats.html go")
-    g.add_argument("--master", default=d.master, help="Spark master when not started by spark-submit")
+    g = p.add_argument_group("output and Spark")
+    g.add_argument("--output-dir", default=d.output_dir, help="where model.npz, metrics.json, stats.html go "
+                   "(local or any Hadoop URI)")
+    common.add_master_arg(g)
     a = p.parse_args(argv)
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in TrainConfig.__dataclass_fields__})
     cfg.metrics = tuple(m for m in a.metrics.split(",") if m)
-    if a.input_shape:
-        try:
-            cfg.input_shape = tuple(int(s) for s in a.input_shape.split(","))
-        except ValueError:
-            p.error(f"--input-shape must be comma-separated ints, e.g. 28,28,1. Received: {a.input_shape!r}")
-    if "," in cfg.features_col:
-        cfg.features_col = [c for c in cfg.features_col.split(",") if c]
+    try:
+        cfg.input_shape = common.shape_arg(a.input_shape)
+        cfg.features_col = common.features_arg(a.features_col)
+    except common.JobError as e:
+        p.error(str(e))
+    if not 0 < cfg.test_fraction < 1:
+        p.error(f"--test-fraction must be in (0, 1). Received: {cfg.test_fraction}")
     return cfg
-
-
-def load_spec(name):
-    path = name if os.path.exists(name) else os.path.join(HERE, "..", "conf", "models", f"{name}.json")
-    if not os.path.exists(path):
-        raise ValueError(f"--model must be 'mlp', 'cnn' or an existing model JSON file. Received: {name!r}")
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"model spec {path!r} is not valid JSON: {e}") from None
 
 
 def build_model(cfg, spec, input_shape):
     from sparkdl import optim
     from sparkdl.nn import model_from_config
-    spec = json.loads(json.dumps(spec))
-    spec.setdefault("config", {})["input_shape"] = list(cfg.input_shape or input_shape)
-    model = model_from_config(spec, seed=cfg.seed)
-    optimizer = optim.get({"class_name": cfg.optimizer, "config": {"learning_rate": cfg.learning_rate}})
-    return model.compile(optimizer, cfg.loss, list(cfg.metrics))
+    spec = {"class_name": spec["class_name"], "config": dict(spec["config"])}
+    spec["config"]["input_shape"] = list(input_shape)
+    try:
+        model = model_from_config(spec, seed=cfg.seed)
+        optimizer = optim.get({"class_name": cfg.optimizer, "config": {"learning_rate": cfg.learning_rate}})
+        return model.compile(optimizer, cfg.loss, list(cfg.metrics))
+    except (ValueError, TypeError) as e:
+        raise common.JobError(f"cannot build --model {cfg.model} for input shape {tuple(input_shape)}: {e}") from None
 
 
-def load_data(cfg, spark, workdir):
-    """(train DataFrame, test DataFrame, natural input shape)."""
-    from sparkdl import datasets
-    from sparkdl.spark.data import numpy_to_dataframe, read_dataframe
-    if cfg.data in BUILTIN_DATA:
-        flat = "cnn" not in os.path.basename(cfg.model)
-        if cfg.data == "digits":
-            (xtr, ytr), (xte, yte) = (datasets.load_digits(s, seed=cfg.seed, flatten=flat) for s in ("train", "test"))
-        else:
-            directory = datasets.default_mnist_dir()
-            (xtr, ytr), (xte, yte) = (datasets.load_mnist(directory, s, flatten=flat) for s in ("train", "t10k"))
-        shape = xtr.shape[1:]
-        train = numpy_to_dataframe(spark, xtr, ytr, os.path.join(workdir, "train"), cfg.features_col, cfg.label_col)
-        test = numpy_to_dataframe(spark, xte, yte, os.path.join(workdir, "test"), cfg.features_col, cfg.label_col)
-        return train, test, shape
-    df = read_dataframe(spark, cfg.data, cfg.data_format)
+def load_data(cfg, spark):
+    """(train DataFrame, test DataFrame, features column, image shape or None)."""
+    if cfg.data in common.BUILTIN_DATA:
+        frames = []
+        for split in ("train", "test"):
+            x, y, shape = common.builtin_data(cfg.data, split, cfg.seed)
+            frames.append(common.arrays_to_dataframe(spark, x, y, cfg.features_col or "features", cfg.label_col))
+        return frames[0], frames[1], cfg.features_col or "features", shape
+    fmt = common.guess_format(cfg.data, cfg.data_format)
+    train, features_col, shape = common.read_data(spark, cfg.data, fmt, cfg.features_col, cfg.label_col, "train",
+                                                  cfg.num_features)
+    num_features = cfg.num_features or (common.libsvm_size(train, features_col) if fmt == "libsvm" else None)
     if cfg.test_data:
-        test = read_dataframe(spark, cfg.test_data, cfg.data_format)
-        train = df
+        test = common.read_data(spark, cfg.test_data, fmt, features_col, cfg.label_col, "test", num_features)[0]
+    elif fmt == "idx" and common.is_local(cfg.data) and os.path.isdir(cfg.data):
+        test = common.read_data(spark, cfg.data, fmt, features_col, cfg.label_col, "test")[0]
     else:
-        train, test = df.randomSplit([1 - cfg.test_fraction, cfg.test_fraction], seed=cfg.seed)
-    return train, test, None
+        train, test = train.randomSplit([1 - cfg.test_fraction, cfg.test_fraction], seed=cfg.seed)
+    return train, test, features_col, shape
 
 
-def natural_shape(df, features_col):
+def model_input_shape(cfg, spec, train, features_col, image_shape):
+    if cfg.input_shape:
+        return cfg.input_shape
+    if spec["config"].get("input_shape"):
+        return tuple(spec["config"]["input_shape"])
+    if image_shape is not None:
+        return common.input_shape_for(spec, image_shape)
     from sparkdl.spark.data import X, prepare
     if not isinstance(features_col, str):
-        return (len(features_col),)
-    first = prepare(df.limit(1), features_col).select(X).first()
+        return common.input_shape_for(spec, n_features=len(features_col))
+    first = prepare(train.limit(1), features_col).select(X).first()
     if first is None:
-        raise ValueError("the training data is empty")
-    return (len(first[0]),)
+        raise common.JobError(f"the training data {cfg.data!r} is empty")
+    return common.input_shape_for(spec, n_features=len(first[0]))
 
 
 def main(argv=None):
     cfg = parse_args(argv)
-    from sparkdl.spark import ParameterAveraging, SparkTrainer, local_session
-    spark = local_session(cfg.master, app_name="sparkdl-train")
-    workdir = tempfile.mkdtemp(prefix="sparkdl-job-")
-    try:
-        spec = load_spec(cfg.model)
-        train, test, shape = load_data(cfg, spark, workdir)
-        model = build_model(cfg, spec, shape or natural_shape(train, cfg.features_col))
-        model.summary()
-        master = ParameterAveraging(num_workers=cfg.num_workers, batch_size_per_worker=cfg.batch_size_per_worker,
-                                    averaging_frequency=cfg.averaging_frequency, mode=cfg.mode,
-                                    average_optimizer_state=cfg.average_optimizer_state,
-                                    export_dir=cfg.export_dir, seed=cfg.seed)
-        trainer = SparkTrainer(model, master)
-        history = trainer.fit(train, cfg.features_col, cfg.label_col, epochs=cfg.epochs)
-        metrics = trainer.evaluate(test, cfg.features_col, cfg.label_col)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"jobs/train.py: error: {e}", file=sys.stderr)
-        return 2
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    model.save(os.path.join(cfg.output_dir, "model.npz"))
-    history.stats.to_html(os.path.join(cfg.output_dir, "stats.html"), title=f"sparkdl: {cfg.data}, {cfg.model}")
+    for path, option in ((cfg.data, "--data"), (cfg.test_data, "--test-data")):
+        if path:
+            common.check_input(path, option)
+    spec = common.load_spec(cfg.model)
+    from sparkdl.spark import ParameterAveraging, SparkTrainer
+    spark = common.spark_session(cfg.master, "sparkdl-train")
+    train, test, features_col, image_shape = load_data(cfg, spark)
+    model = build_model(cfg, spec, model_input_shape(cfg, spec, train, features_col, image_shape))
+    model.summary()
+    master = ParameterAveraging(num_workers=cfg.num_workers, batch_size_per_worker=cfg.batch_size_per_worker,
+                                averaging_frequency=cfg.averaging_frequency, mode=cfg.mode,
+                                average_optimizer_state=cfg.average_optimizer_state,
+                                export_dir=cfg.export_dir, seed=cfg.seed)
+    trainer = SparkTrainer(model, master)
+    history = trainer.fit(train, features_col, cfg.label_col, epochs=cfg.epochs)
+    metrics = trainer.evaluate(test, features_col, cfg.label_col)
+
+    from sparkdl import io
+    out = lambda name: common.out_path(cfg.output_dir, name)
+    common.write_bytes(out("model.npz"), io.model_to_bytes(model))
+    common.write_text(out("stats.html"), history.stats.to_html(title=f"sparkdl: {cfg.data}, {cfg.model}"))
     summary = history.stats.summary()
-    with open(os.path.join(cfg.output_dir, "metrics.json"), "w") as f:
-        json.dump({"test": metrics, "history": history.history, "stats": summary,
-                   "config": dataclasses.asdict(cfg)}, f, indent=1, default=str)
-    print("held-out:", " - ".join(f"{k}: {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    common.write_json(out("metrics.json"), {"test": metrics, "history": history.history, "stats": summary,
+                                            "config": dataclasses.asdict(cfg), "master": spark.sparkContext.master})
+    print("held-out:", common.format_metrics(metrics))
     print(f"rounds: {summary['rounds']}, worker time fitting: {summary['fit_fraction']:.0%}, "
           f"driver overhead per round: {summary['overhead_ms_mean']:.0f} ms")
-    print(f"wrote {cfg.output_dir}/model.npz, metrics.json, stats.html")
+    print(f"wrote {out('model.npz')}, metrics.json, stats.html")
+    common.stop_if_submitted(spark)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.run(PROG, main))

@@ -196,6 +196,7 @@ class SparkTrainer:
         finally:
             for p in persisted:
                 p.unpersist()
+            df.sparkSession.sparkContext.setJobDescription(None)
         model.history = history
         return history
 

@@ -101,17 +101,19 @@ def _serve(run, server, n_workers, state):
     t_round = time.time()
     g = run.resume_round - 1
     for epoch, r, g in run.rounds():
+        weighted = {}
         while True:
-            try:
-                results = server.gather(workers, g)
+            try:  # each result is weighted as it arrives, while slower workers are still fitting
+                results = server.gather(workers, g, lambda w, h, a: weighted.__setitem__(w, _result(h, a)))
                 break
             except WorkerLost:
                 # Spark retries the barrier stage: wait for the next attempt's workers, restart them at round g
                 workers = _join(run, server, n_workers, state, state["attempt"] + 1, g)
+                weighted.clear()
                 t_round = time.time()
         total = Contribution()
-        for w in sorted(results):
-            total.merge(_result(*results[w][:2]))
+        for w in sorted(weighted):  # summed in worker order: the same floats whatever the arrival order
+            total.merge(weighted[w])
         run.apply(total, epoch, r, g, start=t_round)
         p = run.payload(copy=False)
         server.send_all(workers, {"type": "params", "round": g + 1, "iterations": p["iterations"]},

@@ -10,7 +10,7 @@ from .. import metrics as metrics_mod
 
 
 class Contribution:
-    """A summable worker result: weighted flat buffers in float64, plus loss/metric sums and timings."""
+    """A summable worker result: weighted flat buffers, plus loss/metric sums and timings."""
 
     def __init__(self, n=0, params=None, state=None, opt=None, loss_sum=0.0, partials=None, steps=0,
                  stats=None):
@@ -50,8 +50,10 @@ class Contribution:
 
 
 def _weighted(a, n):
-    """n * a in float64 (one allocation, no float64 copy of the input first)."""
-    return None if a is None or np.size(a) == 0 else np.multiply(a, float(n), dtype=np.float64)
+    """n * a, one allocation, in the buffer's own float type: float32 sums of a few workers' buffers lose
+    ~1e-7 relative, and halve the memory traffic of a float64 accumulator (measured 2.5 -> 1.0 ms per
+    round for two workers' Adam buffers of a 235k-parameter MLP)."""
+    return None if a is None or np.size(a) == 0 else np.multiply(a, np.float32(n) if a.dtype == np.float32 else float(n))
 
 
 def _add(a, b):

@@ -11,6 +11,7 @@ from .. import io
 from ..backend import to_numpy
 from ..train.averaging import Contribution
 from ..train.callbacks import CallbackList, History
+from ..train import wire
 from ..train.progress import Progress
 from ..train import schedule
 from ..train.stats import TrainingStats
@@ -324,17 +325,12 @@ def _merge_partials(a, b):
 
 
 def _encode(totals):
-    """Partial sums as JSON bytes (lists for arrays), so they travel as an Arrow binary value."""
-    plain = {"loss": np.asarray(totals["loss"]).tolist()}
-    for k, part in totals.items():
-        if k != "loss":
-            plain[k] = {n: (np.asarray(v).tolist(), np.ndim(v) > 0) for n, v in part.items()}
-    return json.dumps(plain).encode()
+    """Evaluation sums as JSON bytes, so they travel as one Arrow binary value."""
+    metrics = {k: v for k, v in totals.items() if k != "loss"}
+    return json.dumps({"loss": np.asarray(totals["loss"]).tolist(),
+                       "metrics": wire.encode_partials(metrics)}).encode()
 
 
 def _decode(raw):
     plain = json.loads(raw)
-    out = {"loss": np.asarray(plain.pop("loss"))}
-    for k, part in plain.items():
-        out[k] = {n: (np.asarray(v) if is_array else v) for n, (v, is_array) in part.items()}
-    return out
+    return {"loss": np.asarray(plain["loss"]), **wire.decode_partials(plain["metrics"])}

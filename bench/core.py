@@ -48,6 +48,10 @@ def parse_args(argv=None):
     p.add_argument("--models", default="mlp,cnn", help="comma-separated subset of mlp,cnn")
     p.add_argument("--threads", type=int, default=2, help="BLAS / OpenMP / torch intra-op threads")
     p.add_argument("--frameworks", default="sparkdl,torch", help="comma-separated subset of sparkdl,torch")
+    p.add_argument("--sparkdl-threads", default="1",
+                   help="comma-separated model.compile(threads=N) values for sparkdl, each its own runner in the same "
+                        "rounds (e.g. 1,2); N > 1 splits each batch across N threads with 1 BLAS thread each. The "
+                        "first is the 'sparkdl' column; the others are reported as sparkdl_tN with their own ratio")
     p.add_argument("--no-fit", action="store_true", help="skip the model.fit epoch throughput")
     p.add_argument("--mnist-dir", default=None,
                    help="MNIST IDX directory for the accuracy check (default: sparkdl.datasets.default_mnist_dir(); "
@@ -65,6 +69,12 @@ def parse_args(argv=None):
     bad = sorted(set(args.frameworks) - {"sparkdl", "torch"})
     if bad or not args.frameworks:
         p.error(f"--frameworks takes sparkdl and/or torch; received {args.frameworks}")
+    try:
+        args.sparkdl_threads = [int(t) for t in args.sparkdl_threads.split(",") if t.strip()]
+    except ValueError:
+        args.sparkdl_threads = []
+    if not args.sparkdl_threads or min(args.sparkdl_threads) < 1 or len(set(args.sparkdl_threads)) != len(args.sparkdl_threads):
+        p.error("--sparkdl-threads takes distinct positive ints, e.g. 1,2")
     if args.steps < 0 or args.segment_seconds <= 0:
         p.error("--steps must be >= 0 and --segment-seconds > 0")
     for name in ("repeats", "batch_size", "threads", "mnist_epochs"):
@@ -112,7 +122,7 @@ INITIAL_WARMUP = 20   # steps per framework before the first round (thread pools
 
 
 # ---- models ------------------------------------------------------------------------------------------------
-def sparkdl_model(kind, seed, lr, momentum=0.0):
+def sparkdl_model(kind, seed, lr, momentum=0.0, threads=1):
     """``(model, None)``, or ``(None, reason)`` when the layers are not available."""
     if kind == "mlp":
         layers = [Dense(256, activation="relu"), Dense(128, activation="relu"), Dense(10)]
@@ -126,7 +136,8 @@ def sparkdl_model(kind, seed, lr, momentum=0.0):
                   MaxPooling2D(2), Flatten(), Dense(120, activation="relu"), Dense(84, activation="relu"),
                   Dense(10)]
     model = Sequential(layers, input_shape=INPUT_SHAPES[kind], seed=seed)
-    model.compile(optim.SGD(learning_rate=lr, momentum=momentum), "sparse_categorical_crossentropy", ["accuracy"])
+    model.compile(optim.SGD(learning_rate=lr, momentum=momentum), "sparse_categorical_crossentropy", ["accuracy"],
+                  **({"threads": threads} if threads != 1 else {}))
     return model, None
 
 
@@ -168,8 +179,8 @@ def torch_batches(kind, batches):
 class SparkdlRunner:
     name = "sparkdl"
 
-    def __init__(self, model, batches):
-        self.model, self.batches, self.i = model, batches, 0
+    def __init__(self, model, batches, name="sparkdl"):
+        self.model, self.batches, self.i, self.name = model, batches, 0, name
 
     def run(self, steps):
         model, batches, n, i = self.model, self.batches, len(self.batches), self.i
@@ -234,19 +245,25 @@ def summarize(segments, threads):
     names = list(segments)
     repeats = len(segments[names[0]])
     want = CLEAN_UTIL * min(threads, os.cpu_count() or threads)
-    clean = [i for i in range(repeats) if all(segments[n][i][1] >= want for n in names)]
+    # sparkdl_tN (batch split across N Python threads) cannot keep every core busy by design (GIL, uneven parts),
+    # so its CPU use does not count here; it runs between sparkdl and torch in every round, which do count.
+    judged = [n for n in names if not n.startswith("sparkdl_t")] or names
+    clean = [i for i in range(repeats) if all(segments[n][i][1] >= want for n in judged)]
     used = clean if len(clean) >= MIN_CLEAN else list(range(repeats))
     res = {"rounds": repeats, "clean_rounds": len(clean), "stats_over": "clean" if used is clean else "all"}
     for n in names:
         rates = [segments[n][i][0] for i in used]
         res[n] = {"median": round(statistics.median(rates)), "best": round(max(rates)),
                   "all": [round(r) for r, _ in segments[n]], "cpu_util": [round(u, 2) for _, u in segments[n]]}
-    if "sparkdl" in segments and "torch" in segments:
-        per_round = [segments["sparkdl"][i][0] / segments["torch"][i][0] for i in used]
-        res["ratio"] = round(statistics.median(per_round), 3)
-        res["ratio_rounds"] = [round(r, 3) for r in per_round]
-        res["ratio_of_medians"] = round(res["sparkdl"]["median"] / res["torch"]["median"], 3)
-        res["ratio_of_bests"] = round(res["sparkdl"]["best"] / res["torch"]["best"], 3)
+    for n in names:
+        if not n.startswith("sparkdl") or "torch" not in segments:
+            continue
+        sfx = n[len("sparkdl"):]
+        per_round = [segments[n][i][0] / segments["torch"][i][0] for i in used]
+        res["ratio" + sfx] = round(statistics.median(per_round), 3)
+        res["ratio_rounds" + sfx] = [round(r, 3) for r in per_round]
+        res["ratio_of_medians" + sfx] = round(res[n]["median"] / res["torch"]["median"], 3)
+        res["ratio_of_bests" + sfx] = round(res[n]["best"] / res["torch"]["best"], 3)
     return res
 
 
@@ -361,6 +378,12 @@ def print_table(rows, args):
         print(f"{kind:<5} {col(s):>18} {tcol:>18} {res.get('ratio', '-'):>13} "
               f"{res['clean_rounds']:>5}/{res['rounds']:<6} {cores:>9} {fit:>11}")
     for kind, res in rows:
+        for name in res:
+            if name.startswith("sparkdl_t") and isinstance(res[name], dict) and "median" in res[name]:
+                d = res[name]
+                print(f"{kind:<5} {name}: {d['median']:,} ({d['best']:,}) samples/s, sparkdl_t/torch per round "
+                      f"{res.get('ratio' + name[len('sparkdl'):], '-')}, cores {statistics.median(d['cpu_util']):.1f}")
+    for kind, res in rows:
         if res.get("stats_over") == "all":
             print(f"# WARNING {kind}: only {res['clean_rounds']} of {res['rounds']} rounds had the {args.threads} "
                   f"cores to themselves (the machine is busy); figures are over all rounds and unreliable")
@@ -385,12 +408,13 @@ def main(args):
         batches = slices(x, y, args.batch_size)
         runners, res = [], {}
         if "sparkdl" in args.frameworks:
-            model, why = sparkdl_model(kind, args.seed, args.lr)
-            if model is None:
-                res["sparkdl_skipped"] = why
-                print(f"# {kind}: sparkdl skipped: {why}")
-            else:
-                runners.append(SparkdlRunner(model, batches))
+            for j, nthreads in enumerate(args.sparkdl_threads):
+                model, why = sparkdl_model(kind, args.seed, args.lr, threads=nthreads)
+                if model is None:
+                    res["sparkdl_skipped"] = why
+                    print(f"# {kind}: sparkdl skipped: {why}")
+                    break
+                runners.append(SparkdlRunner(model, batches, "sparkdl" if j == 0 else f"sparkdl_t{nthreads}"))
         if "torch" in args.frameworks and torch is not None:
             runners.append(TorchRunner(torch_model(kind, args.seed), torch_batches(kind, batches), args.lr))
         if runners:

@@ -47,6 +47,36 @@ def _batches(n, batch_size):
     return range(0, n, batch_size)
 
 
+def _check_threads(threads):
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be a positive int. Received: threads={threads!r}")
+    return int(threads)
+
+
+def _take(x, start, stop):
+    """Rows start:stop of a batch (an array, an InputBatch or a dict of arrays)."""
+    if isinstance(x, dict):
+        return {k: v[start:stop] for k, v in x.items()}
+    return x[start:stop]
+
+
+_BLAS = []  # a threadpoolctl ThreadpoolController, made on first use ([None] without threadpoolctl)
+
+
+def _one_blas_thread():
+    """A context manager that holds BLAS to one thread (a no-op without threadpoolctl)."""
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _BLAS.append(ThreadpoolController())
+        except ImportError:
+            _BLAS.append(None)
+    if _BLAS[0] is None:
+        import contextlib
+        return contextlib.nullcontext()
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
+
 class Model:
     """Base class for Sequential and GraphModel. Subclasses set ``self.layers`` (in execution order), build
     them in ``_build_layers()`` and implement ``_forward`` / ``_backward`` and ``get_config``."""
@@ -65,6 +95,9 @@ class Model:
         self.compiled = False
         self.stop_training = False
         self.history = None
+        self.threads = 1
+        self._replicas = None   # threads > 1: models sharing self.params, one per extra part (built lazily)
+        self._pool = None
 
     # -- building -----------------------------------------------------------------------------------------
     def build(self, input_shape=None):
@@ -100,6 +133,15 @@ class Model:
             if layer.name in seen:
                 raise ValueError(f"layer names must be unique in a model. Received: two layers named {layer.name!r}")
             seen.add(layer.name)
+
+    def _point_views(self, flat, spec_attr="param_specs", view_attr="params"):
+        """Re-point the layers' ``view_attr`` views into ``flat`` (laid out as ``_allocate`` does)."""
+        entries = [(layer, spec) for layer in self.layers for spec in getattr(layer, spec_attr)]
+        offsets, total = _layout([spec for _, spec in entries])
+        if flat.shape != (total,):
+            raise ValueError(f"a flat buffer of shape ({total},) is needed; received {flat.shape}")
+        for (layer, (name, shape, _)), off in zip(entries, offsets):
+            getattr(layer, view_attr)[name] = flat[off:off + int(np.prod(shape))].reshape(shape)
 
     def _allocate(self, spec_attr, view_attr, rng, with_grads):
         entries = [(layer, spec) for layer in self.layers for spec in getattr(layer, spec_attr)]
@@ -170,8 +212,22 @@ class Model:
     def output_activation(self):
         return getattr(self._output_layer(), "output_activation", None)
 
-    def compile(self, optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=()):
+    def compile(self, optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=(), threads=1):
+        """``threads`` > 1 (numpy backend, no non-trainable state such as BatchNormalization): each training
+        batch is split into ``threads`` contiguous parts whose forward and backward passes run in parallel
+        threads, each with one BLAS thread; their gradients are combined (weighted by part size, i.e. the
+        gradient of the mean loss over the whole batch) and one optimizer step follows. The same step as
+        ``threads=1`` up to rounding; worth it where much of the step is single-threaded numpy work (CNNs)."""
         self._ensure_built()
+        threads = _check_threads(threads)
+        if threads > 1:
+            if self.state.size:
+                raise ValueError(f"threads={threads} needs a model without non-trainable state; this one has "
+                                 f"{self.state.size} state values (BatchNormalization?), whose batch statistics "
+                                 f"would be computed per part. Use threads=1")
+            if self.xp is not np:
+                raise ValueError(f"threads={threads} is for the numpy backend; this model uses {self.backend!r}. "
+                                 f"Use threads=1")
         self.optimizer = optim.get(optimizer)
         self.optimizer.build(self.params.size, self.xp, self.dtype)
         self.loss = losses_mod.get(loss)
@@ -183,8 +239,36 @@ class Model:
         if isinstance(metrics, (str, dict)):
             metrics = [metrics]
         self.metrics = [metrics_mod.get(m) for m in metrics]
+        self.threads = threads
+        self._replicas = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
         self.compiled = True
         return self
+
+    def _make_replicas(self):
+        """``threads - 1`` models of the same config whose params are views into ``self.params`` (their own
+        ``grads`` and layer caches), with the loss bound as here and their own dropout generators."""
+        from concurrent.futures import ThreadPoolExecutor
+        seqs = np.random.SeedSequence(self.seed).spawn(3 + self.threads)[3:]
+        replicas = []
+        for k in range(1, self.threads):
+            r = model_from_config({"class_name": type(self).__name__, "config": self.get_config()},
+                                  dtype=self.dtype.name, backend=self.backend)
+            r.build()
+            r.rng = make_rng(r.xp, seqs[k])
+            for layer in r.layers:
+                layer.place(r.xp, r.dtype, r.rng)
+            r.params = self.params
+            r._point_views(self.params)
+            r.loss = self.loss
+            act, ract = self.output_activation, r.output_activation
+            if ract is not None:
+                ract.fused_with_loss = bool(act is not None and act.fused_with_loss)
+            replicas.append(r)
+        self._replicas = replicas
+        self._pool = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="sparkdl-part")
 
     def _check_compiled(self, what):
         if not self.compiled:
@@ -237,9 +321,42 @@ class Model:
 
     def train_on_batch(self, x, y):
         """One optimizer step on one (already checked) minibatch; returns (loss as 0-d array, outputs)."""
+        if self.threads > 1 and len(y) > 1:
+            return self._train_on_parts(x, y)
         out = self._forward(self._device(x), True)
         loss, grad = self.loss_and_grad(out, self._device(y))
         self._backward(grad)
+        self.optimizer.step(self.params, self.grads)
+        return loss, out
+
+    def _part_step(self, x, y, weight):
+        """Forward and backward on one part, the loss gradient scaled by the part's share of the batch, so
+        that the parts' parameter gradients add up to the gradient of the whole batch's mean loss."""
+        out = self._forward(self._device(x), True)
+        loss, grad = self.loss_and_grad(out, self._device(y))
+        self._backward(grad * weight)
+        return loss, out
+
+    def _train_on_parts(self, x, y):
+        if self._replicas is None:
+            self._make_replicas()
+        n, parts = len(y), self.threads
+        bounds = [k * (n // parts) + min(k, n % parts) for k in range(parts + 1)]
+        workers = [self] + self._replicas
+        jobs = [(workers[k], bounds[k], bounds[k + 1]) for k in range(parts) if bounds[k + 1] > bounds[k]]
+        with _one_blas_thread():
+            futures = [self._pool.submit(m._part_step, _take(x, a, b), y[a:b], (b - a) / n)
+                       for m, a, b in jobs[1:]]
+            try:
+                results = [self._part_step(_take(x, jobs[0][1], jobs[0][2]), y[jobs[0][1]:jobs[0][2]],
+                                           (jobs[0][2] - jobs[0][1]) / n)]
+            finally:  # never leave a part running into the next step
+                others = [f.result() for f in futures]
+            results += others
+            for m, _, _ in jobs[1:]:
+                self.grads += m.grads
+        loss = sum(l * ((b - a) / n) for (l, _), (_, a, b) in zip(results, jobs))
+        out = self.xp.concatenate([o for _, o in results])
         self.optimizer.step(self.params, self.grads)
         return loss, out
 

@@ -150,12 +150,11 @@ class Model:
         for (layer, (name, shape, init)), off in zip(entries, offsets):
             host[off:off + int(np.prod(shape))] = initializers.get(init)(rng, shape).ravel()
         flat = self.xp.asarray(host)
-        grads = self.xp.zeros_like(flat) if with_grads else None
-        for (layer, (name, shape, init)), off in zip(entries, offsets):
-            size = int(np.prod(shape))
-            getattr(layer, view_attr)[name] = flat[off:off + size].reshape(shape)
-            if with_grads:
-                layer.grads[name] = grads[off:off + size].reshape(shape)
+        self._point_views(flat, spec_attr, view_attr)
+        grads = None
+        if with_grads:
+            grads = self.xp.zeros_like(flat)
+            self._point_views(grads, spec_attr, "grads")
         return flat, grads
 
     # -- weights --------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import time
 import uuid
 
 from ..train import wire
-from ..train.averaging import Contribution
+from ..train.averaging import PARTS, OrderedSum
 from ..train.server import AveragingServer, WorkerLost
 
 
@@ -34,7 +34,7 @@ def fit_barrier(master, run, prepared):
     n_workers, df = master.workers_for(prepared)
     check_cluster(sc, n_workers)
     secret = secrets.token_bytes(32)
-    server = AveragingServer(secret, driver_host(sc), master.server_timeout)
+    server = AveragingServer(secret, driver_host(sc), master.server_timeout, shared_memory=master.shared_memory)
     task = _barrier_task(server.host, server.port, secret, run.input_shape, run.n_features, run.label_dtype,
                          run.model_json, run.compile_json, master.backend, sc.master.startswith("local"),
                          master.seed, master.shuffle,
@@ -72,10 +72,13 @@ def fit_barrier(master, run, prepared):
     return run.finish()
 
 
-def _result(header, arrays):
-    return Contribution(n=header["n"], params=arrays["params"], state=arrays.get("state"), opt=arrays.get("opt"),
-                        loss_sum=header["loss_sum"], partials=wire.decode_partials(header["partials"]),
-                        steps=header["steps"], stats=[header["stats"]])
+def _adder(total):
+    """on_result for server.gather: each result is weighted and summed as it arrives (in worker order), while
+    slower workers are still fitting."""
+    def add(w, header, arrays):
+        total.add(w, header["n"], arrays, header["loss_sum"], wire.decode_partials(header["partials"]),
+                  header["steps"], [header["stats"]])
+    return add
 
 
 def _join(run, server, n_workers, state, min_attempt, round_):
@@ -90,7 +93,7 @@ def _join(run, server, n_workers, state, min_attempt, round_):
     elif sizes != state["sizes"]:
         raise RuntimeError(f"the retried workers hold {sizes} rows, not {state['sizes']}: the partitioning changed")
     p = run.payload(copy=False)
-    server.send_all(workers, {"type": "start", "round": round_, "rounds_per_epoch": run.rounds_per_epoch,
+    server.start(workers, {"type": "start", "round": round_, "rounds_per_epoch": run.rounds_per_epoch,
                               "total_rounds": run.epochs * run.rounds_per_epoch, "iterations": p["iterations"]},
                     {"params": p["params"], "state": p["state"], "opt": p["opt"]})
     return workers
@@ -98,30 +101,30 @@ def _join(run, server, n_workers, state, min_attempt, round_):
 
 def _serve(run, server, n_workers, state):
     workers = _join(run, server, n_workers, state, 0, run.resume_round)
-    t_round = time.time()
     g = run.resume_round - 1
+    summed = OrderedSum()
     for epoch, r, g in run.rounds():
-        weighted = {}
+        summed.begin()
         while True:
-            try:  # each result is weighted as it arrives, while slower workers are still fitting
-                results = server.gather(workers, g, lambda w, h, a: weighted.__setitem__(w, _result(h, a)))
+            try:
+                results = server.gather(workers, g, _adder(summed))
                 break
             except WorkerLost:
                 # Spark retries the barrier stage: wait for the next attempt's workers, restart them at round g
                 workers = _join(run, server, n_workers, state, state["attempt"] + 1, g)
-                weighted.clear()
-                t_round = time.time()
-        total = Contribution()
-        for w in sorted(weighted):  # summed in worker order: the same floats whatever the arrival order
-            total.merge(weighted[w])
-        run.apply(total, epoch, r, g, start=t_round)
-        p = run.payload(copy=False)
-        server.send_all(workers, {"type": "params", "round": g + 1, "iterations": p["iterations"]},
-                        {"params": p["params"], "state": p["state"], "opt": p["opt"]})
+                summed.begin()
+                run.start_clock()
+        t0 = time.time()
+        total = summed.result()
+        # averaged straight into the shared region the workers read (written once for all of them), sent, and
+        # only then loaded into the driver's model, while the workers fit the next round
+        averaged = run.average(total, epoch, r, g, out=server.outbox())
+        server.send_all(workers, {"type": "params", "round": g + 1, "iterations": averaged["iterations"]},
+                        {k: averaged[k] for k in PARTS})
         sent = time.time()
         for header, _, arrived in results.values():
             header["stats"]["wait_s"] = sent - arrived
-        t_round = sent
+        run.commit(total, averaged, epoch, r, g, t0)
     if run.stopped and g + 1 < run.epochs * run.rounds_per_epoch:
         try:  # the workers are already fitting the next round: take it, then tell them to stop
             server.gather(workers, g + 1)
@@ -144,6 +147,7 @@ def _barrier_task(host, port, secret, input_shape, n_features, label_dtype, mode
 
         from sparkdl.spark.data import batch_to_numpy
         from sparkdl.train import schedule, wire as _wire
+        from sparkdl.train.shm import Region
         from sparkdl.spark.gpu import task_backend
         from sparkdl.train.worker import fit_round, worker_model
 
@@ -164,28 +168,39 @@ def _barrier_task(host, port, secret, input_shape, n_features, label_dtype, mode
         sock = socket.create_connection((host, port), timeout=60)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _wire.respond(sock, secret)
-        _wire.send(sock, {"type": "hello", "worker": worker, "attempt": attempt, "rows": n_rows})
+        _wire.send(sock, {"type": "hello", "worker": worker, "attempt": attempt, "rows": n_rows,
+                          "host": socket.gethostname()})
         sock.settimeout(None)
         header, arrays = _wire.recv(sock)
         if header["type"] != "start":
             raise RuntimeError(f"the averaging server refused worker {worker}: {header.get('reason', header['type'])}")
+        offer = header.get("shm") or {}
+        down, up = (Region.attach(**offer[k]) if k in offer else None for k in ("down", "up"))
+        if down is None or up is None:  # not on the driver's host after all: everything goes through the socket
+            for region in (down, up):
+                if region is not None:
+                    region.close()
+            down = up = None
         g, per_epoch, total = header["round"], header["rounds_per_epoch"], header["total_rounds"]
         iterations = header["iterations"]
+        res = result = order_epoch = None
         while g < total:
             if fail_once_at is not None and (worker, g) == tuple(fail_once_at[:2]) and not os.path.exists(fail_once_at[2]):
                 open(fail_once_at[2], "w").close()
                 os._exit(1)  # test hook: this Python worker dies mid-fit, once
             epoch, r = divmod(g, per_epoch)
-            order = schedule.epoch_order(n_rows, seed, epoch, worker, shuffle)
+            if epoch != order_epoch:  # one shuffle per epoch (0.5 ms for 30k rows: too much to redo every round)
+                order, order_epoch = schedule.epoch_order(n_rows, seed, epoch, worker, shuffle), epoch
             record = {"worker": worker, "round": g, "epoch": epoch, "start": _time.time(), "read_s": read_s}
             read_s = 0.0
             res = fit_round(model, x, y, schedule.round_batches(order, batch_size, freq, r), arrays["params"],
                             arrays.get("state"), arrays.get("opt"), iterations, average_optimizer_state, record,
                             copy=False)
+            result = {"params": res.params, "state": res.state, "opt": res.opt}
             _wire.send(sock, {"type": "round", "round": g, "n": res.n, "loss_sum": res.loss_sum, "steps": res.steps,
-                              "partials": _wire.encode_partials(res.partials), "stats": record},
-                       {"params": res.params, "state": res.state, "opt": res.opt})
-            header, arrays = _wire.recv(sock)
+                              "partials": _wire.encode_partials(res.partials), "stats": record, "shm": up is not None},
+                       result if up is None else None, up.put(result) if up is not None else ())
+            header, arrays = _wire.recv(sock, region=down)
             if header["type"] == "params":
                 g, iterations = header["round"], header["iterations"]
             elif header["type"] == "done":
@@ -193,6 +208,10 @@ def _barrier_task(host, port, secret, input_shape, n_features, label_dtype, mode
             else:
                 raise RuntimeError(f"the driver aborted the fit: {header.get('reason')}")
         sock.close()
+        arrays = res = result = None  # views of the regions
+        for region in (down, up):
+            if region is not None:
+                region.close()
         yield pa.record_batch([pa.array([worker], pa.int32()), pa.array([n_rows], pa.int64())],
                               names=["worker", "rows"])
     return task

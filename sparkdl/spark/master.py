@@ -6,7 +6,6 @@ worker; each round broadcasts the flat params (+ layer state, + optimizer state)
 ``treeAggregate`` sums them. Plain task retry covers lost executors, and dynamic allocation is fine.
 """
 import tempfile
-import time
 
 import numpy as np
 
@@ -46,12 +45,15 @@ class ParameterAveraging:
     mode: "jobs" or "barrier".
     backend: "auto" (a task's assigned GPU with cupy, else numpy), "numpy", or "cupy" (warns and uses numpy
         when a task has no GPU); see ``sparkdl.backend.resolve``.
+    server_timeout: barrier mode: seconds the averaging server waits for a worker before failing the fit.
+    shared_memory: barrier mode: workers on the driver's host trade buffers with the averaging server through
+        /dev/shm instead of the socket (False: always the socket).
     """
 
     def __init__(self, num_workers=None, batch_size_per_worker=32, averaging_frequency=5,
                  average_optimizer_state=True, aggregation_depth=2, repartition="always",
                  storage_level="MEMORY_AND_DISK", export_dir=None, seed=None, shuffle=True, collect_stats=True,
-                 mode="jobs", backend="auto", server_timeout=600.0):
+                 mode="jobs", backend="auto", server_timeout=600.0, shared_memory=True):
         self.num_workers = _int(num_workers, "num_workers", allow_none=True)
         self.batch_size_per_worker = _int(batch_size_per_worker, "batch_size_per_worker")
         self.averaging_frequency = _int(averaging_frequency, "averaging_frequency")
@@ -74,6 +76,7 @@ class ParameterAveraging:
         if not server_timeout > 0:
             raise ValueError(f"server_timeout must be > 0 seconds. Received: server_timeout={server_timeout!r}")
         self.server_timeout = float(server_timeout)
+        self.shared_memory = bool(shared_memory)
 
     def options(self):
         return dict(vars(self))
@@ -126,7 +129,6 @@ def fit_jobs(master, run, prepared):
         paths = [p for p, _ in shards]
         for epoch, r, g in run.rounds():
             bc = sc.broadcast(run.payload())
-            t_bc = time.time()
             task = _round_task(paths, run.input_shape, run.model_json, run.compile_json, master.seed,
                                master.shuffle, master.batch_size_per_worker, master.averaging_frequency,
                                master.average_optimizer_state, epoch, r, g, bc, master.backend,
@@ -134,7 +136,7 @@ def fit_jobs(master, run, prepared):
             sc.setJobDescription(f"sparkdl: epoch {epoch + 1}/{run.epochs}, round {r + 1}/{run.rounds_per_epoch}")
             rdd = sc.parallelize(range(len(paths)), len(paths)).mapPartitionsWithIndex(task)
             total = rdd.treeAggregate(Contribution(), add, merge, depth=master.aggregation_depth)
-            run.apply(total, epoch, r, g, start=t_bc, broadcast_s=0.0)
+            run.apply(total, epoch, r, g)
             bc.destroy()
             if run.stopped:
                 break

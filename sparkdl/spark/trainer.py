@@ -56,6 +56,13 @@ class FitRun:
                              f"this fit ({self.epochs} epochs x {self.rounds_per_epoch} rounds)")
         self.model.stop_training = False
         self.callbacks.on_train_begin()
+        self.start_clock()
+
+    def start_clock(self):
+        """Rounds are timed end to end: a round's wall time runs from the previous round's end (or from here,
+        when the workers start) to its own, so the walls add up to the training time less the epoch-end work
+        (validation, callbacks), which is not counted."""
+        self.clock = time.time()
 
     def rounds(self):
         """(epoch, round in epoch, global round) for every round still to run; epoch ends are handled here."""
@@ -63,7 +70,7 @@ class FitRun:
             first = schedule.global_round(epoch, 0, self.rounds_per_epoch)
             if first + self.rounds_per_epoch <= self.resume_round:
                 continue
-            self._begin_epoch(epoch)
+            self._untimed(self._begin_epoch, epoch)
             for r in range(self.rounds_per_epoch):
                 g = first + r
                 if g < self.resume_round:
@@ -71,10 +78,15 @@ class FitRun:
                 yield epoch, r, g
                 if self.stopped:
                     return
-            self._end_epoch(epoch)
+            self._untimed(self._end_epoch, epoch)
             if self.model.stop_training:
                 self.stopped = True
                 return
+
+    def _untimed(self, step, epoch):
+        t = time.time()
+        step(epoch)
+        self.clock += time.time() - t
 
     def payload(self, copy=True):
         """What every worker starts a round from (host arrays; views of the model's buffers if not ``copy``,
@@ -87,33 +99,47 @@ class FitRun:
                 "iterations": int(opt.iterations)}
 
     # -- applying a round -----------------------------------------------------------------------------------
-    def apply(self, total, epoch, r, g, start, broadcast_s=0.0, extra=None):
-        t0 = time.time()
+    def average(self, total, epoch, r, g, out=None):
+        """The round's averaged buffers (into ``out``, a dict of arrays by part name, if given) with the loss and
+        the optimizer's step count after it, as a dict; raises if nothing was fitted or the average is not
+        finite (the model still holds the previous round's weights)."""
         if total.n == 0:
             raise RuntimeError(f"round {g + 1} (epoch {epoch + 1}, round {r + 1}): no worker fitted any example")
         loss = total.loss_sum / total.n
-        params, state, opt = total.average(self.model.dtype)
+        params, state, opt = total.average(self.model.dtype, out)
         if not (math.isfinite(loss) and np.isfinite(params).all()):
             raise FloatingPointError(
                 f"the training loss became {loss} in round {g + 1} (epoch {epoch + 1}, round {r + 1} of the epoch); "
                 f"the model keeps the weights averaged after round {g}. Lower the learning rate or check the data")
+        return {"params": params, "state": state, "opt": opt, "loss": loss,
+                "iterations": int(self.model.optimizer.iterations) + total.steps}
+
+    def commit(self, total, averaged, epoch, r, g, t0):
+        """Load an ``average``d round into the model, then history, stats, callbacks and progress; ``t0``: when
+        the master started merging the round (the stats' merge_s runs from there to here)."""
         model = self.model
-        model.set_flat_params(params)
-        if state is not None:
-            model.set_flat_state(state)
-        if opt is not None:
-            model.optimizer.state_buffer[...] = model.xp.asarray(opt)
-        model.optimizer.iterations += total.steps
+        model.set_flat_params(averaged["params"])
+        if averaged["state"] is not None:
+            model.set_flat_state(averaged["state"])
+        if averaged["opt"] is not None:
+            model.optimizer.state_buffer[...] = model.xp.asarray(averaged["opt"])
+        model.optimizer.iterations = averaged["iterations"]
+        loss = averaged["loss"]
         self.epoch_total.merge(Contribution(n=total.n, loss_sum=total.loss_sum, partials=total.partials))
-        merge_s = time.time() - t0
-        record = {"round": g, "epoch": epoch, "start": start, "wall_s": time.time() - start,
-                  "broadcast_s": broadcast_s, "merge_s": merge_s, "loss": loss, "n": total.n, **(extra or {})}
+        now = time.time()
+        record = {"round": g, "epoch": epoch, "start": self.clock, "wall_s": now - self.clock, "merge_s": now - t0,
+                  "loss": loss, "n": total.n}
+        self.clock = now
         self.history.rounds.append({"round": g + 1, "epoch": epoch + 1, "loss": loss, "examples": total.n})
         if self.history.stats is not None:
             self.history.stats.add_round(record, total.stats)
         self.callbacks.on_round_end(g, {"loss": loss, "epoch": epoch + 1, "round_in_epoch": r + 1})
         self.progress.title = f"Epoch {epoch + 1}/{self.epochs} round {r + 1}/{self.rounds_per_epoch}"
         self.progress.update(self.epoch_total.n, lambda: {"loss": self.epoch_total.loss_sum / self.epoch_total.n})
+
+    def apply(self, total, epoch, r, g):
+        t0 = time.time()
+        self.commit(total, self.average(total, epoch, r, g), epoch, r, g, t0)
 
     def _begin_epoch(self, epoch):
         self.epoch_total = Contribution()

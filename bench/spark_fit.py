@@ -5,7 +5,10 @@ worker, averaging every 5 minibatches, Adam(1e-3). Reports one-epoch wall time, 
 (round wall time minus the slowest worker's fitting time), the share of worker time spent fitting, and the
 time to 97% test accuracy (evaluation time excluded), all measured in the same run.
 
-    python bench/spark_fit.py [--mnist-dir DIR] [--modes local,jobs,barrier,torch] [--max-epochs 5]
+    python bench/spark_fit.py [--mnist-dir DIR] [--modes local,jobs,barrier,barrier-tcp,torch] [--max-epochs 5]
+
+barrier: the workers (all on this host) average among themselves in shared memory; barrier-tcp: the same with
+shared_memory=False, every worker trading its buffers with the driver's averaging server over a socket.
 """
 import argparse
 import json
@@ -77,7 +80,7 @@ def run_spark(spark, df, mode, xte, yte, epochs, target):
     m = mlp()
     clock = Clock(xte, yte, target)
     master = ParameterAveraging(num_workers=WORKERS, batch_size_per_worker=BATCH, averaging_frequency=FREQ,
-                                mode=mode, seed=0)
+                                mode=mode.split("-")[0], seed=0, shared_memory=mode != "barrier-tcp")
     t0 = time.perf_counter()
     h = SparkTrainer(m, master).fit(df, epochs=epochs, callbacks=[clock], verbose=0)
     wall = time.perf_counter() - t0
@@ -144,7 +147,7 @@ def run_torch(df, xte, yte, epochs, target):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mnist-dir", default=datasets.default_mnist_dir())
-    p.add_argument("--modes", default="local,jobs,barrier,torch")
+    p.add_argument("--modes", default="local,jobs,barrier,barrier-tcp,torch")
     p.add_argument("--max-epochs", type=int, default=5)
     a = p.parse_args(argv)
     xtr, ytr, xte, yte, what = load(a.mnist_dir)
@@ -159,7 +162,7 @@ def main(argv=None):
         spark = local_session("local[2]", app_name="sparkdl-bench")
         df = numpy_to_dataframe(spark, xtr, ytr, tempfile.mkdtemp(prefix="sparkdl-bench-")).cache()
         df.count()
-        for mode in ("jobs", "barrier"):
+        for mode in ("jobs", "barrier", "barrier-tcp"):
             if mode in modes:
                 results[mode] = run_spark(spark, df, mode, xte, yte, a.max_epochs, target)
         if "torch" in modes:
@@ -170,14 +173,14 @@ def main(argv=None):
                 results["torch"] = {"skipped": "torch not installed"}
         spark.stop()
     print(f"data: {what}; MLP 784-256-128-10, {WORKERS} workers, batch {BATCH}/worker, averaging every {FREQ}")
-    print(f"{'':8} {'epoch s':>8} {'round ms':>9} {'overhead ms':>12} {'overhead %':>11} {'fitting %':>10} "
+    print(f"{'':11} {'epoch s':>8} {'round ms':>9} {'overhead ms':>12} {'overhead %':>11} {'fitting %':>10} "
           f"{'to 97% s':>9}")
     for k, r in results.items():
         if "skipped" in r:
-            print(f"{k:8} {r['skipped']}")
+            print(f"{k:11} {r['skipped']}")
             continue
         fmt = lambda v, f: format(v, f) if v is not None else "-"
-        print(f"{k:8} {fmt(r['epoch_s'], '8.2f')} {fmt(r.get('round_ms'), '9.1f')} "
+        print(f"{k:11} {fmt(r['epoch_s'], '8.2f')} {fmt(r.get('round_ms'), '9.1f')} "
               f"{fmt(r.get('overhead_ms'), '12.1f')} {fmt(r.get('overhead_fraction') and 100 * r['overhead_fraction'], '11.1f')} "
               f"{fmt(r.get('fit_fraction') and 100 * r['fit_fraction'], '10.1f')} {fmt(r['time_to_target_s'], '9.2f')}")
     base = results.get("local", {}).get("epoch_s")

@@ -52,6 +52,29 @@ def test_barrier_and_jobs_modes_end_with_the_same_params(data):
     summary = hb.stats.summary()
     assert summary["workers"] == 2 and summary["rounds"] == len(hb.rounds)
     assert all("wait_s" in w for w in hb.stats.workers)
+    assert hb.shared_memory is True  # local[2]: the workers averaged among themselves through /dev/shm
+
+
+def test_workers_averaging_through_shared_memory_equal_the_driver_averaging_over_sockets(data):
+    peers, hp = fit(df := data[0], "barrier")
+    server, hs = fit(df, "barrier", shared_memory=False)
+    assert hp.shared_memory is True and hs.shared_memory is False
+    np.testing.assert_array_equal(peers.get_flat_params(), server.get_flat_params())  # the same Averager, bitwise
+    np.testing.assert_array_equal(peers.optimizer.state_buffer, server.optimizer.state_buffer)
+    assert [r["loss"] for r in hp.rounds] == [r["loss"] for r in hs.rounds]
+
+
+def test_round_checkpoints_of_a_shared_memory_fit_hold_that_rounds_average(data, tmp_path):
+    from sparkdl import load_model
+    from sparkdl.train import RoundCheckpoint
+    df = data[0]
+    ckpts = {mode: RoundCheckpoint(tmp_path / f"{mode}-{{round}}.npz", every=2) for mode in ("jobs", "barrier")}
+    _, hb = fit(df, "barrier", epochs=1, callbacks=[ckpts["barrier"]])
+    fit(df, "jobs", epochs=1, callbacks=[ckpts["jobs"]])
+    assert hb.shared_memory is True and len(ckpts["barrier"].saved) == len(ckpts["jobs"].saved) >= 2
+    for b, j in zip(ckpts["barrier"].saved, ckpts["jobs"].saved):  # the driver averaged exactly those rounds
+        np.testing.assert_allclose(load_model(b).get_flat_params(), load_model(j).get_flat_params(),
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_unauthenticated_connections_are_refused_and_do_not_disturb_the_fit(data, monkeypatch):
@@ -82,12 +105,14 @@ def test_unauthenticated_connections_are_refused_and_do_not_disturb_the_fit(data
         s.close()
 
 
-def test_a_worker_that_dies_mid_fit_is_retried_and_resumes(data, tmp_path):
+@pytest.mark.parametrize("shared_memory", [True, False])
+def test_a_worker_that_dies_mid_fit_is_retried_and_resumes(data, tmp_path, shared_memory):
     df, xte, yte = data
-    clean, _ = fit(df, "barrier", epochs=3)
+    clean, _ = fit(df, "barrier", epochs=3, shared_memory=shared_memory)
     marker = tmp_path / "died"
-    resumed, history = fit(df, "barrier", epochs=3, fail_once_at=(0, 9, str(marker)))
+    resumed, history = fit(df, "barrier", epochs=3, fail_once_at=(0, 9, str(marker)), shared_memory=shared_memory)
     assert marker.exists(), "the test hook did not fire"
+    assert history.shared_memory is shared_memory
     assert [r["round"] for r in history.rounds] == list(range(1, len(history.rounds) + 1))
     acc_clean = clean.evaluate(xte, yte)["accuracy"]
     acc_resumed = resumed.evaluate(xte, yte)["accuracy"]

@@ -179,6 +179,21 @@ class Model:
         self._ensure_built()
         self.state[...] = self._checked_flat(flat, self.state, "state")
 
+    def use_buffers(self, params, state=None):
+        """Train in ``params`` (and ``state``) from now on: the layers' views are re-pointed into these flat arrays
+        (shared memory, for instance), nothing is copied. Shapes and dtypes must match the model's buffers."""
+        self._ensure_built()
+        pairs = [("params", params, "param_specs")] + ([("state", state, "state_specs")] if self.state.size else [])
+        for what, flat, _ in pairs:
+            target = getattr(self, what)
+            if flat is None or flat.shape != target.shape or flat.dtype != target.dtype:
+                raise ValueError(f"use_buffers: {what} must be a {target.dtype} array of shape {target.shape}; "
+                                 f"received {None if flat is None else (flat.dtype, flat.shape)}")
+        for model in [self] + (self._replicas or []):
+            for what, flat, specs in pairs:
+                setattr(model, what, flat)
+                model._point_views(flat, specs, what)
+
     def _checked_flat(self, flat, target, what):
         flat = self.xp.asarray(flat)
         if flat.shape != target.shape:

@@ -54,6 +54,15 @@ class Optimizer:
     def built(self):
         return self.state_buffer is not None
 
+    def use_buffer(self, buffer):
+        """Keep the state in ``buffer`` from now on (slots re-pointed, nothing copied)."""
+        self._check_built("use_buffer")
+        if buffer.shape != self.state_buffer.shape or buffer.dtype != self.state_buffer.dtype:
+            raise ValueError(f"use_buffer: a {self.state_buffer.dtype} array of shape {self.state_buffer.shape} is "
+                             f"needed; received {buffer.dtype} {buffer.shape}")
+        self.state_buffer = buffer
+        self.slots = {s: buffer[i * self.n:(i + 1) * self.n] for i, s in enumerate(self.slot_names)}
+
     def get_state(self):
         """``{"iterations": int, "buffer": host numpy copy of state_buffer}``."""
         self._check_built("get_state")

@@ -46,8 +46,9 @@ class ParameterAveraging:
     backend: "auto" (a task's assigned GPU with cupy, else numpy), "numpy", or "cupy" (warns and uses numpy
         when a task has no GPU); see ``sparkdl.backend.resolve``.
     server_timeout: barrier mode: seconds the averaging server waits for a worker before failing the fit.
-    shared_memory: barrier mode: workers on the driver's host trade buffers with the averaging server through
-        /dev/shm instead of the socket (False: always the socket).
+    shared_memory: barrier mode: when every worker runs on the driver's host (local mode, one big machine) they
+        train in place in /dev/shm and average among themselves there, reporting only losses to the driver
+        (sparkdl.train.peers); False: every worker trades its buffers with the driver's server over a socket.
     """
 
     def __init__(self, num_workers=None, batch_size_per_worker=32, averaging_frequency=5,

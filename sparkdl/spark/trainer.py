@@ -38,6 +38,7 @@ class FitRun:
         self.evaluate_validation = evaluate_validation
         self.verbose = verbose
         self.resume_round = resume_round
+        self.synced = resume_round - 1  # the last round whose average is in the model
         self.stopped = False
 
     # -- schedule ---------------------------------------------------------------------------------------
@@ -99,31 +100,45 @@ class FitRun:
                 "iterations": int(opt.iterations)}
 
     # -- applying a round -----------------------------------------------------------------------------------
-    def average(self, total, epoch, r, g, out=None):
-        """The round's averaged buffers (into ``out``, a dict of arrays by part name, if given) with the loss and
-        the optimizer's step count after it, as a dict; raises if nothing was fitted or the average is not
-        finite (the model still holds the previous round's weights)."""
+    def needs_model(self, r, g):
+        """Whether round g's average must be in the model when the round is committed: at epoch ends (validation,
+        callbacks, the end of the fit) and where a callback reads it. Elsewhere a master may skip it."""
+        return r == self.rounds_per_epoch - 1 or self.callbacks.reads_model_at_round(g)
+
+    def average(self, total, epoch, r, g, arrays=None, skip=False):
+        """The round's averaged buffers (``arrays``, a dict by part name, when the master averaged them itself;
+        none with ``skip``) with the loss and the optimizer's step count after it, as a dict; raises if nothing
+        was fitted or the loss or the average is not finite (the model keeps the weights it holds)."""
         if total.n == 0:
             raise RuntimeError(f"round {g + 1} (epoch {epoch + 1}, round {r + 1}): no worker fitted any example")
         loss = total.loss_sum / total.n
-        params, state, opt = total.average(self.model.dtype, out)
-        if not (math.isfinite(loss) and np.isfinite(params).all()):
+        if arrays is None and not skip:
+            arrays = dict(zip(("params", "state", "opt"), total.average(self.model.dtype)))
+        if not (math.isfinite(loss) and (skip or np.isfinite(arrays["params"]).all())):
             raise FloatingPointError(
                 f"the training loss became {loss} in round {g + 1} (epoch {epoch + 1}, round {r + 1} of the epoch); "
-                f"the model keeps the weights averaged after round {g}. Lower the learning rate or check the data")
-        return {"params": params, "state": state, "opt": opt, "loss": loss,
+                f"the model keeps the weights averaged after round {self.synced + 1}. Lower the learning rate or "
+                f"check the data")
+        arrays = arrays or {}
+        return {"params": arrays.get("params"), "state": arrays.get("state"), "opt": arrays.get("opt"), "loss": loss,
                 "iterations": int(self.model.optimizer.iterations) + total.steps}
 
-    def commit(self, total, averaged, epoch, r, g, t0):
-        """Load an ``average``d round into the model, then history, stats, callbacks and progress; ``t0``: when
-        the master started merging the round (the stats' merge_s runs from there to here)."""
+    def load(self, averaged, g):
+        """Put round g's averaged buffers in the model."""
         model = self.model
         model.set_flat_params(averaged["params"])
-        if averaged["state"] is not None:
+        if averaged.get("state") is not None:
             model.set_flat_state(averaged["state"])
-        if averaged["opt"] is not None:
+        if averaged.get("opt") is not None:
             model.optimizer.state_buffer[...] = model.xp.asarray(averaged["opt"])
-        model.optimizer.iterations = averaged["iterations"]
+        self.synced = g
+
+    def commit(self, total, averaged, epoch, r, g, t0):
+        """Load an ``average``d round into the model (unless it was skipped), then history, stats, callbacks and
+        progress; ``t0``: when the master started merging the round (the stats' merge_s runs from there)."""
+        if averaged["params"] is not None:
+            self.load(averaged, g)
+        self.model.optimizer.iterations = averaged["iterations"]
         loss = averaged["loss"]
         self.epoch_total.merge(Contribution(n=total.n, loss_sum=total.loss_sum, partials=total.partials))
         now = time.time()

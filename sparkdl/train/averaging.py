@@ -59,54 +59,36 @@ class Contribution:
 PARTS = ("params", "state", "opt")
 
 
-class OrderedSum:
-    """One round's example-weighted sum of worker results, for a master that receives them one by one (barrier
-    mode): worker w's buffers are added as soon as workers 0..w-1 are in, so the floats are the same whatever
-    the arrival order (and the same as merging Contributions in worker order), and the sums live in buffers
-    allocated once per fit instead of a weighted copy per worker and round."""
+class Averager:
+    """Barrier mode's averaging rule, run identically by the driver and by same-host workers (sparkdl.train.peers)
+    so that every one of them holds the same floats: ``out[part] = sum_i (n_i / N) * sources[i][part]``, in worker
+    order, in the buffers' own float type (float32: ~1e-7 relative from the jobs mode's sum-then-scale), with one
+    scratch buffer per part reused every round."""
 
     def __init__(self):
-        self.sums, self.scratch = {}, {}
-        self.begin()
+        self.scratch = {}
 
-    def begin(self):
-        """Start a round (or restart it after a lost worker)."""
-        self.total, self.pending, self.next, self.seen = Contribution(), {}, 0, set()
-
-    def add(self, w, n, arrays, loss_sum=0.0, partials=None, steps=0, stats=None):
-        """Worker ``w``'s result: ``arrays`` (part name -> unweighted buffer, which must stay valid until it is
-        added: at once, or when the workers before it are in), ``n`` the examples it fitted."""
-        self.pending[w] = (n, arrays, Contribution(n, loss_sum=loss_sum, partials=partials, steps=steps, stats=stats))
-        while self.next in self.pending:
-            n, arrays, scalars = self.pending.pop(self.next)
-            for name in PARTS if n else ():  # an idle worker adds nothing (and no 0 * inf)
-                a = arrays.get(name)
-                if a is not None and a.size:
-                    self._fold(name, a, n)
-            self.total.merge(scalars)
-            self.next += 1
-
-    def _fold(self, name, a, n):
-        weight = np.float32(n) if a.dtype == np.float32 else float(n)
-        acc = self.sums.get(name)
-        if acc is None or acc.shape != a.shape or acc.dtype != a.dtype:
-            acc = self.sums[name] = np.empty_like(a)
-            self.scratch[name] = np.empty_like(a)
-        if name not in self.seen:
-            self.seen.add(name)
-            np.multiply(a, weight, out=acc)
-        else:
-            tmp = self.scratch[name]
-            np.multiply(a, weight, out=tmp)
-            acc += tmp
-
-    def result(self):
-        """The round's Contribution; its buffers are this object's sums, valid until the next round's first add."""
-        if self.pending:
-            raise RuntimeError(f"workers {sorted(self.pending)} reported, but worker {self.next} did not")
-        total = self.total
-        total.params, total.state, total.opt = (self.sums[name] if name in self.seen else None for name in PARTS)
-        return total
+    def __call__(self, out, sources, ns):
+        total = sum(ns)
+        if total <= 0:
+            raise ValueError("no worker fitted any example in this round; nothing to average")
+        for name, dst in out.items():
+            first = True
+            for src, n in zip(sources, ns):
+                if not n:  # an idle worker adds nothing (and no 0 * inf)
+                    continue
+                a = src[name]
+                weight = np.float32(n / total) if dst.dtype == np.float32 else n / total
+                if first:
+                    np.multiply(a, weight, out=dst)
+                    first = False
+                else:
+                    tmp = self.scratch.get(name)
+                    if tmp is None or tmp.shape != dst.shape or tmp.dtype != dst.dtype:
+                        tmp = self.scratch[name] = np.empty_like(dst)
+                    np.multiply(a, weight, out=tmp)
+                    dst += tmp
+        return out
 
 
 def _weighted(a, n):

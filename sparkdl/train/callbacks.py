@@ -16,6 +16,12 @@ class Callback:
     def on_epoch_end(self, epoch, logs=None): pass
     def on_train_end(self, logs=None): pass
 
+    def reads_model_at_round(self, round):
+        """Distributed training: whether ``on_round_end(round)`` reads ``self.model``. Barrier mode then loads that
+        round's average into the driver's model first (otherwise it does so only at epoch ends). Default: when
+        ``on_round_end`` is overridden."""
+        return type(self).on_round_end is not Callback.on_round_end
+
 
 class CallbackList:
     def __init__(self, callbacks, model):
@@ -24,6 +30,9 @@ class CallbackList:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be sparkdl Callback instances; received {type(cb).__name__}")
             cb.set_model(model)
+
+    def reads_model_at_round(self, round):
+        return any(cb.reads_model_at_round(round) for cb in self.callbacks)
 
     def __getattr__(self, hook):
         def call(*args, **kwargs):
@@ -132,6 +141,9 @@ class RoundCheckpoint(Callback):
             raise ValueError(f"every must be an int >= 1. Received: every={every!r}")
         self.path, self.every = os.fspath(path), every
         self.saved = []
+
+    def reads_model_at_round(self, round):
+        return (round + 1) % self.every == 0
 
     def on_round_end(self, round, logs=None):
         from .. import fs

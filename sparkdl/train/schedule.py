@@ -30,5 +30,11 @@ def round_batches(order, batch_size, averaging_frequency, round_in_epoch):
     return [order[i:min(i + batch_size, stop)] for i in range(start, stop, batch_size)]
 
 
+def round_examples(n_rows, batch_size, averaging_frequency, round_in_epoch):
+    """How many examples a worker with ``n_rows`` fits in this round (what ``round_batches`` covers)."""
+    start = round_in_epoch * averaging_frequency * batch_size
+    return max(0, min(n_rows, start + averaging_frequency * batch_size) - start)
+
+
 def global_round(epoch, round_in_epoch, rounds_in_epoch):
     return epoch * rounds_in_epoch + round_in_epoch

@@ -1,9 +1,7 @@
 """The averaging server of barrier mode, Spark-free: workers connect, prove they hold the per-fit secret, say
-hello (worker id, stage attempt, rows, host), then send one result per round and wait for the average.
+hello (worker id, stage attempt, rows), then send one result per round and wait for the average.
 
 A connection that fails the handshake is closed and counted in ``refused``; it never reaches the fit.
-Workers on the server's own host are offered shared memory (sparkdl.train.shm) with their start message: a
-region each for their results and one for the average, which the server then writes once for all of them.
 """
 import queue
 import selectors
@@ -11,9 +9,7 @@ import socket
 import threading
 import time
 
-import numpy as np
-
-from . import shm, wire
+from . import wire
 
 
 class WorkerLost(ConnectionError):
@@ -23,11 +19,8 @@ class WorkerLost(ConnectionError):
 
 
 class AveragingServer:
-    def __init__(self, secret, host="127.0.0.1", timeout=600.0, handshake_timeout=10.0, shared_memory=True):
+    def __init__(self, secret, host="127.0.0.1", timeout=600.0, handshake_timeout=10.0):
         self.secret, self.timeout, self.handshake_timeout = secret, timeout, handshake_timeout
-        self.shared_memory = shared_memory
-        self.up, self.down, self.attached, self.unlink_pending = {}, None, set(), False
-        self.staging = None
         self.listener = socket.create_server((host, 0))
         self.host, self.port = self.listener.getsockname()[:2]
         self.joined = queue.Queue()
@@ -77,42 +70,10 @@ class AveragingServer:
             workers[w] = (header, conn)
         return workers
 
-    def start(self, workers, header, arrays):
-        """Send every worker its start message (``arrays`` in the frame), offering shared memory to those on this
-        host; a previous set of workers' regions is dropped."""
-        self._drop_regions()
-        here = socket.gethostname()
-        local = [w for w in sorted(workers) if self.shared_memory and workers[w][0].get("host") == here]
-        if local:
-            size = shm.size_for(arrays)
-            self.down = shm.Region.create(size)
-            for w in local if self.down is not None else ():
-                region = shm.Region.create(size)
-                if region is None:
-                    break
-                self.up[w] = region
-            self.unlink_pending = True
-        self.staging = (self.down.views(arrays) if self.down is not None else
-                        {k: np.empty_like(a) for k, a in arrays.items() if a is not None})
-        for w in sorted(workers):
-            offer = {"shm": {"down": self.down.offer(), "up": self.up[w].offer()}} if w in self.up else {}
-            self._send(workers, w, {**header, **offer}, arrays)
-
-    def outbox(self):
-        """Buffers shaped like the start message's arrays to compute the next message's arrays into: in the
-        shared region when there is one, so that ``send_all`` of them copies nothing."""
-        return self.staging
-
-    def _drop_regions(self):
-        for region in [*self.up.values(), self.down]:
-            if region is not None:
-                region.close()
-        self.up, self.down, self.attached = {}, None, set()
-
-    def gather(self, workers, round_, on_result=None):
-        """{worker: (header, arrays, arrival time)} of every worker's result for ``round_``, read in the order
-        they arrive, so a fast worker's result is read (and ``on_result(worker, header, arrays)`` run on it)
-        while the others are still fitting."""
+    def gather(self, workers, round_, on_result=None, kind="round"):
+        """{worker: (header, arrays, arrival time)} of every worker's ``kind`` message for ``round_`` (its result
+        by default), read in the order they arrive, so a fast worker's result is read (and
+        ``on_result(worker, header, arrays)`` run on it) while the others are still fitting."""
         deadline = time.monotonic() + self.timeout
         results = {}
         with selectors.DefaultSelector() as sel:
@@ -129,7 +90,7 @@ class AveragingServer:
                     conn = workers[w][1]
                     conn.settimeout(max(deadline - time.monotonic(), 0.001))
                     try:
-                        header, arrays = wire.recv(conn, region=self.up.get(w))
+                        header, arrays = wire.recv(conn)
                     except socket.timeout:
                         raise TimeoutError(f"worker {w} did not finish sending its result for round {round_ + 1} "
                                            f"within {self.timeout:.0f} s (server_timeout)") from None
@@ -137,37 +98,21 @@ class AveragingServer:
                         raise WorkerLost(w, str(e)) from None
                     finally:
                         conn.settimeout(None)
-                    if header.get("type") != "round" or header.get("round") != round_:
-                        raise WorkerLost(w, f"expected its result for round {round_}, received "
+                    if header.get("type") != kind or header.get("round") != round_:
+                        raise WorkerLost(w, f"expected its {kind} message for round {round_}, received "
                                             f"{header.get('type')} for round {header.get('round')}")
                     sel.unregister(conn)
-                    if header.get("shm") and w in self.up:  # it mapped the regions: it reads the average there
-                        self.attached.add(w)
                     results[w] = (header, arrays, time.time())
                     if on_result is not None:
                         on_result(w, header, arrays)
-        if self.unlink_pending:  # every worker has answered its offer: the names can go, the mappings stay
-            for region in [*self.up.values(), self.down]:
-                if region is not None:
-                    region.unlink()
-            self.unlink_pending = False
         return results
 
     def send_all(self, workers, header, arrays=None):
-        """Send ``header`` and ``arrays`` to every worker; the arrays are written once into the shared region
-        for the workers that mapped it."""
-        placed = self.down.put(arrays) if arrays and self.attached else ()
         for w in sorted(workers):  # threads measured slower here: the sends compete for the same 2 cores
-            if w in self.attached:
-                self._send(workers, w, header, placed=placed)
-            else:
-                self._send(workers, w, header, arrays)
-
-    def _send(self, workers, w, header, arrays=None, placed=()):
-        try:
-            wire.send(workers[w][1], header, arrays, placed)
-        except OSError as e:
-            raise WorkerLost(w, str(e)) from None
+            try:
+                wire.send(workers[w][1], header, arrays)
+            except OSError as e:
+                raise WorkerLost(w, str(e)) from None
 
     def abort(self, workers, reason):
         for _, conn in (workers or {}).values():
@@ -178,7 +123,6 @@ class AveragingServer:
 
     def close(self, workers=None):
         self.closed = True
-        self._drop_regions()
         for _, conn in (workers or {}).values():
             conn.close()
         try:

@@ -1,9 +1,5 @@
-"""Shared memory between the averaging server and the workers on its own host.
-
-A Region is a file in /dev/shm that both processes map. A frame's arrays can travel through it instead of
-through the socket: the sender copies them in once, and the frame carries only where they are (see
-``wire.send(placed=...)``). For a worker on the driver's host this replaces 2 x the model's bytes of loopback
-traffic per round with one memcpy each way, and the driver writes the average once for all such workers.
+"""Shared memory between the driver and the workers on its host: a Region is a file in /dev/shm that every
+process maps (sparkdl.train.peers lays its control block and buffers out in one).
 
 Plain files and mmap rather than ``multiprocessing.shared_memory``: on Python < 3.13 attaching to a segment
 registers it with the attaching process's resource tracker, which unlinks it when that process exits.
@@ -23,13 +19,8 @@ _NAME = re.compile(r"sparkdl-[0-9a-f]{32}")
 _TOKEN = 16  # random bytes at offset 0: proof that a mapping is the creator's region, not a namesake
 
 
-def _aligned(n):
+def aligned(n):
     return -(-n // ALIGN) * ALIGN
-
-
-def size_for(arrays):
-    """Bytes of a region that holds ``arrays`` (a dict of arrays, None values skipped)."""
-    return ALIGN + sum(_aligned(a.nbytes) for a in arrays.values() if a is not None)
 
 
 class Region:
@@ -54,8 +45,13 @@ class Region:
             return None
         try:
             os.posix_fallocate(fd, 0, size)
-            region = cls(path, size, fd, secrets.token_bytes(_TOKEN))
-        except (OSError, AttributeError):
+        except (OSError, AttributeError):  # no room (or no posix_fallocate): the socket path is used instead
+            os.close(fd)
+            os.unlink(path)
+            return None
+        try:
+            region = cls(path, size, fd, secrets.token_bytes(_TOKEN))  # closes fd
+        except OSError:
             os.unlink(path)
             return None
         region.mm[:_TOKEN] = region.token
@@ -94,34 +90,6 @@ class Region:
 
     def offer(self):
         return {"path": self.path, "size": self.size, "token": self.token.hex()}
-
-    def layout(self, arrays):
-        """``[name, dtype, shape, offset]`` of each array (None values skipped) laid out from the start of the
-        data area: the frame metadata that ``view`` and ``wire.recv`` read back."""
-        placed, offset = [], ALIGN
-        for name, a in arrays.items():
-            if a is None:
-                continue
-            end = offset + a.nbytes
-            if end > self.size:
-                raise ValueError(f"array {name!r} ({a.nbytes} bytes) does not fit in the shared region of "
-                                 f"{self.size} bytes at offset {offset}")
-            placed.append([name, np.dtype(a.dtype).name, list(a.shape), offset])
-            offset = _aligned(end)
-        return placed
-
-    def views(self, arrays):
-        """Arrays in the region laid out like ``arrays``, to compute into: ``put`` of these views copies nothing."""
-        return {name: self.view(dtype, shape, offset) for name, dtype, shape, offset in self.layout(arrays)}
-
-    def put(self, arrays):
-        """Copy ``arrays`` (name -> array; None values skipped) into the region; returns their ``layout``."""
-        placed = self.layout(arrays)
-        for name, dtype, shape, offset in placed:
-            dst, src = self.view(dtype, shape, offset), arrays[name]
-            if dst.ctypes.data != src.__array_interface__["data"][0]:
-                np.copyto(dst, src)
-        return placed
 
     def view(self, dtype, shape, offset):
         """The array at ``offset`` (no copy: valid until the other side writes the region again)."""

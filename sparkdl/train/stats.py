@@ -9,7 +9,7 @@ _COLORS = {"read_s": "#9e9e9e", "load_s": "#ffb74d", "fit_s": "#1e88e5", "ship_s
 
 class TrainingStats:
     def __init__(self):
-        self.rounds = []    # driver records: round, epoch, start, wall_s (end to end), merge_s, loss, n
+        self.rounds = []    # driver records: round, epoch, start, wall_s (end to end), merge_s (driver work), loss, n
         self.workers = []   # worker records: worker, round, start, read_s, load_s, fit_s, ship_s, n, steps
 
     def add_round(self, record, worker_records=()):

@@ -3,9 +3,6 @@ message is a JSON header plus raw little-endian arrays of whitelisted dtypes, an
 the per-fit secret (HMAC-SHA256 over a fresh server nonce) before anything it sends is read.
 
 frame = b"SDL1" | u32 header length | header JSON | the arrays' bytes, in header["arrays"] order
-
-header["arrays"] lists [name, dtype, shape] for arrays whose bytes follow, and [name, dtype, shape, offset] for
-arrays the sender placed in a shared-memory region (sparkdl.train.shm) the receiver has mapped.
 """
 import hashlib
 import hmac
@@ -36,11 +33,9 @@ def _recv_exact(sock, n):
     return buf
 
 
-def send(sock, header, arrays=None, placed=()):
-    """Send a frame: ``arrays`` travel in it; ``placed`` (what ``Region.put`` returned) are already in the
-    receiver's shared region and the frame carries only their places."""
+def send(sock, header, arrays=None):
     arrays = {k: v for k, v in (arrays or {}).items() if v is not None}
-    meta = [list(p) for p in placed]
+    meta = []
     for name, a in arrays.items():
         dtype = np.dtype(a.dtype).name
         if dtype not in DTYPES:
@@ -52,9 +47,8 @@ def send(sock, header, arrays=None, placed=()):
         sock.sendall(memoryview(np.ascontiguousarray(a, DTYPES[np.dtype(a.dtype).name])).cast("B"))
 
 
-def recv(sock, max_bytes=1 << 34, region=None):
-    """(header dict, {name: array}); raises WireError on a closed connection or a malformed frame. Arrays the
-    sender placed in ``region`` come back as views of it."""
+def recv(sock, max_bytes=1 << 34):
+    """(header dict, {name: array}); raises WireError on a closed connection or a malformed frame."""
     head = _recv_exact(sock, 8)
     if bytes(head[:4]) != MAGIC:
         raise WireError("not a sparkdl frame (bad magic)")
@@ -67,22 +61,9 @@ def recv(sock, max_bytes=1 << 34, region=None):
     except (ValueError, KeyError, AttributeError) as e:
         raise WireError(f"malformed header: {e}") from None
     arrays, total = {}, 0
-    for entry in meta:
-        try:
-            name, dtype, shape, *offset = entry
-            valid = dtype in DTYPES and all(isinstance(d, int) and d >= 0 for d in shape) and len(offset) <= 1
-        except (TypeError, ValueError):
-            raise WireError(f"malformed array entry {entry!r}") from None
-        if not valid:
+    for name, dtype, shape in meta:
+        if dtype not in DTYPES or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise WireError(f"array {name!r}: bad dtype {dtype!r} or shape {shape!r}")
-        if offset:
-            if region is None:
-                raise WireError(f"array {name!r} was placed in shared memory, but this connection has none")
-            try:
-                arrays[name] = region.view(DTYPES[dtype], shape, offset[0])
-            except ValueError as e:
-                raise WireError(str(e)) from None
-            continue
         nbytes = int(np.prod(shape)) * DTYPES[dtype].itemsize
         total += nbytes
         if total > max_bytes:

@@ -39,17 +39,19 @@ def worker_model(model_json, compile_json, backend="numpy"):
 
 def fit_round(model, x, y, index_batches, params, state, opt_buffer, iterations, average_optimizer_state,
               record=None, copy=True):
-    """Load the driver's buffers into ``model``, fit ``index_batches`` of (x, y), and return a RoundResult
+    """Load the driver's buffers into ``model`` (unless ``params`` is None), fit ``index_batches`` of (x, y), and
+    return a RoundResult
     (params, state, optimizer state if averaged, loss/metric sums, a timing record). With ``copy=False`` the
     buffers are views of the model's, valid until the model trains again."""
     t0 = time.time()
-    model.set_flat_params(params)
-    if model.state.size:
-        model.set_flat_state(state)
     opt = model.optimizer
-    if opt_buffer is None:  # not averaged: every round starts from a fresh optimizer state (DL4J's saveUpdater=false)
+    if params is not None:  # None: the model already holds the round's starting point (barrier peers)
+        model.set_flat_params(params)
+        if model.state.size:
+            model.set_flat_state(state)
+    if not average_optimizer_state:  # every round starts from a fresh optimizer state (DL4J's saveUpdater=false)
         opt.build(model.params.size, model.xp, model.dtype)
-    else:
+    elif params is not None:
         opt.state_buffer[...] = model.xp.asarray(opt_buffer)
     opt.iterations = int(iterations)
     t1 = time.time()

@@ -97,6 +97,7 @@ class Model:
         self.history = None
         self.threads = 1
         self._replicas = None   # threads > 1: models sharing self.params, one per extra part (built lazily)
+        self._view_layouts = {}
         self._pool = None
 
     # -- building -----------------------------------------------------------------------------------------
@@ -136,12 +137,18 @@ class Model:
 
     def _point_views(self, flat, spec_attr="param_specs", view_attr="params"):
         """Re-point the layers' ``view_attr`` views into ``flat`` (laid out as ``_allocate`` does)."""
-        entries = [(layer, spec) for layer in self.layers for spec in getattr(layer, spec_attr)]
-        offsets, total = _layout([spec for _, spec in entries])
+        key = (spec_attr, view_attr)
+        cached = self._view_layouts.get(key)
+        if cached is None:  # the layout is fixed once built; barrier peers re-point every round
+            entries = [(layer, spec) for layer in self.layers for spec in getattr(layer, spec_attr)]
+            offsets, total = _layout([spec for _, spec in entries])
+            cached = self._view_layouts[key] = (total, [(getattr(layer, view_attr), name, off, int(np.prod(shape)), shape)
+                                                        for (layer, (name, shape, _)), off in zip(entries, offsets)])
+        total, views = cached
         if flat.shape != (total,):
             raise ValueError(f"a flat buffer of shape ({total},) is needed; received {flat.shape}")
-        for (layer, (name, shape, _)), off in zip(entries, offsets):
-            getattr(layer, view_attr)[name] = flat[off:off + int(np.prod(shape))].reshape(shape)
+        for target, name, off, size, shape in views:
+            target[name] = flat[off:off + size].reshape(shape)
 
     def _allocate(self, spec_attr, view_attr, rng, with_grads):
         entries = [(layer, spec) for layer in self.layers for spec in getattr(layer, spec_attr)]

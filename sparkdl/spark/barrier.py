@@ -137,7 +137,7 @@ def _serve(run, server, n_workers, state):
         # off the critical path now, this thread should not preempt a worker it wakes with a result: on a
         # 2-core box that took a worker's header send from ~0.6 to ~0.16 ms (Linux: the niceness of this thread only)
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    averager, out = Averager(), {}
+    averager, out, last_records = Averager(), {}, {}
     batch, freq = run.master.batch_size_per_worker, run.master.averaging_frequency
 
     def peer_average(g):
@@ -169,6 +169,10 @@ def _serve(run, server, n_workers, state):
         total = Contribution()
         for w in range(n_workers):  # in worker order: the same floats whatever the arrival order
             h = results[w][0]
+            waited = h["stats"].pop("prev_wait_s", None)  # peers: their wait + averaging after the last round
+            if waited is not None and w in last_records:
+                last_records[w]["wait_s"] = waited
+            last_records[w] = h["stats"]
             total.merge(Contribution(h["n"], loss_sum=h["loss_sum"], partials=wire.decode_partials(h["partials"]),
                                      steps=h["steps"], stats=[h["stats"]]))
         ns = [results[w][0]["n"] for w in range(n_workers)]
@@ -265,7 +269,7 @@ def _barrier_task(host, port, secret, input_shape, n_features, label_dtype, mode
                 if average_optimizer_state:
                     opt.use_buffer(mine["opt"])
                 arrays = None
-            averager, res, order_epoch = Averager(), None, None
+            averager, res, order_epoch, synced = Averager(), None, None, None
             while g < total:
                 if fail_once_at is not None and (worker, g) == tuple(fail_once_at[:2]) and not os.path.exists(fail_once_at[2]):
                     open(fail_once_at[2], "w").close()
@@ -292,18 +296,20 @@ def _barrier_task(host, port, secret, input_shape, n_features, label_dtype, mode
                 res = fit_round(model, x, y, batches, None, None, None, iterations, average_optimizer_state, record,
                                 copy=False)
                 block.done[worker] = g  # published: the slot holds this round's result
-                t_wait = _time.time()
-                go_on = g + 1 < total and block.wait(g, timeout, sock)
-                record["wait_s"] = _time.time() - t_wait
+                record["prev_wait_s"] = synced
+                # sent before the barrier, so that the driver handles it while this worker waits, not while both
+                # workers average (measured: 0.1-0.2 ms less per round on 2 cores)
                 _wire.send(sock, _round_header(g, res, record))
-                if not go_on:
+                t_wait = _time.time()
+                if g + 1 >= total or not block.wait(g, timeout, sock):
                     break
                 ns = [schedule.round_examples(n, batch_size, freq, r) for n in sizes]
-                nxt = averager(block.slot(worker, g + 1), block.sources(g), ns)
+                nxt = block.average(worker, g, ns, averager, timeout, sock)
                 model.use_buffers(nxt["params"], nxt.get("state"))
                 if average_optimizer_state:
                     opt.use_buffer(nxt["opt"])
                 iterations += max(-(-n // batch_size) for n in ns)
+                synced = _time.time() - t_wait  # barrier + averaging: reported with the next round
                 g += 1
         finally:
             model.use_buffers(own[0], own[1])

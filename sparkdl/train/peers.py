@@ -22,7 +22,7 @@ import numpy as np
 from . import shm
 
 SLOTS = 3
-_CTRL = 3            # consumed, stop, abort (after one ``done`` per worker)
+_CTRL = 3            # consumed, stop, abort (after one ``done`` and one ``ready`` per worker)
 _SPIN_S = 0.05       # spin this long before sleeping between polls
 _POLL_S = 0.0002
 ORDERED_STORES = platform.machine().lower() in ("x86_64", "amd64")
@@ -40,8 +40,10 @@ class PeerBlock:
 
     def __init__(self, region, n_workers, like):
         self.region, self.n_workers, self.like = region, n_workers, [list(e) for e in like]
-        ctrl = region.view(np.int64, (n_workers + _CTRL,), shm.ALIGN)
-        self.done, self.consumed, self.stop, self.abort = ctrl[:n_workers], ctrl[-3:-2], ctrl[-2:-1], ctrl[-1:]
+        ctrl = region.view(np.int64, (2 * n_workers + _CTRL,), shm.ALIGN)
+        self.done, self.ready = ctrl[:n_workers], ctrl[n_workers:2 * n_workers]
+        self.consumed, self.stop, self.abort = ctrl[-3:-2], ctrl[-2:-1], ctrl[-1:]
+        self._shares = {}
         offset = shm.aligned(shm.ALIGN + ctrl.nbytes)
         self.slots = []
         for _ in range(n_workers):
@@ -57,7 +59,7 @@ class PeerBlock:
     @staticmethod
     def size(n_workers, like):
         one = sum(shm.aligned(int(np.prod(shape)) * np.dtype(dtype).itemsize) for _, dtype, shape in like)
-        return shm.aligned(shm.ALIGN + 8 * (n_workers + _CTRL)) + SLOTS * n_workers * one + shm.ALIGN
+        return shm.aligned(shm.ALIGN + 8 * (2 * n_workers + _CTRL)) + SLOTS * n_workers * one + shm.ALIGN
 
     @classmethod
     def create(cls, n_workers, arrays, first_round, last_round):
@@ -68,6 +70,7 @@ class PeerBlock:
             return None
         block = cls(region, n_workers, like)
         block.done[:] = first_round - 1
+        block.ready[:] = first_round - 1
         block.consumed[0] = first_round - 1
         block.stop[0] = last_round
         block.abort[0] = 0
@@ -104,27 +107,59 @@ class PeerBlock:
         """Worker side, after publishing ``round_``: True once every worker has published it and the driver has
         taken ``round_ - 1`` (so the other slots can be overwritten); False when the driver asked the workers
         to stop after ``round_``. Raises Aborted when the driver gave up (or closed ``sock``), TimeoutError."""
+        def late():
+            workers = np.flatnonzero(self.done < round_).tolist()
+            return (f"workers {workers} did not finish round {round_ + 1}" if workers else
+                    f"the driver did not finish round {round_}")
+        return self._wait(lambda: round_ < self.stop[0] and self.consumed[0] >= round_ - 1 and
+                          self.done.min() >= round_, lambda: round_ >= self.stop[0], late, timeout, sock)
+
+    def average(self, worker, round_, ns, averager, timeout, sock=None):
+        """Worker side, after ``wait(round_)``: this worker's 1/n share of every part of round ``round_``'s average
+        (``averager`` over all slots of the round, weights ``ns``), written into every worker's slot for the next
+        round, then a wait for the other shares. Each worker reads and writes 1/n of the bytes it would to
+        average everything itself; the floats are the same. Returns this worker's slot for the next round."""
+        nxt = (round_ + 1) % SLOTS
+        if nxt not in self._shares.get(worker, {}):
+            n = self.n_workers
+            out, sources, copies = {}, [{} for _ in range(n)], []
+            for name, dst in self.slots[worker][nxt].items():
+                lo, hi = worker * dst.size // n, (worker + 1) * dst.size // n
+                out[name] = dst.reshape(-1)[lo:hi]
+                for v in range(n):
+                    sources[v][name] = self.slots[v][round_ % SLOTS][name].reshape(-1)[lo:hi]
+                    if v != worker:
+                        copies.append((self.slots[v][nxt][name].reshape(-1)[lo:hi], out[name]))
+            self._shares.setdefault(worker, {})[nxt] = (out, sources, copies)
+        out, sources, copies = self._shares[worker][nxt]
+        averager(out, sources, ns)
+        for dst, src in copies:
+            np.copyto(dst, src)
+        self.ready[worker] = round_
+        self._wait(lambda: self.ready.min() >= round_, lambda: False,
+                   lambda: f"workers {np.flatnonzero(self.ready < round_).tolist()} did not average round "
+                           f"{round_ + 1}", timeout, sock)
+        return self.slots[worker][nxt]
+
+    def _wait(self, ready, stopped, late, timeout, sock):
         start = time.monotonic()
         while True:
             if self.abort[0]:
                 raise Aborted("the driver aborted the fit")
-            if round_ >= self.stop[0]:
-                return False
-            if self.consumed[0] >= round_ - 1 and self.done.min() >= round_:
+            if ready():
                 return True
+            if stopped():
+                return False
             waited = time.monotonic() - start
             if waited < _SPIN_S:
                 os.sched_yield()
                 continue
             if waited > timeout:
-                late = np.flatnonzero(self.done < round_).tolist()
-                who = f"workers {late} did not finish" if late else "the driver did not take round " + str(round_)
-                raise TimeoutError(f"{who} round {round_ + 1} within {timeout:.3g} s (server_timeout)"
-                                   if late else f"{who} within {timeout:.3g} s (server_timeout)")
+                raise TimeoutError(f"{late()} within {timeout:.3g} s (server_timeout)")
             if sock is not None and select.select([sock], [], [], 0)[0]:
                 raise Aborted("the driver closed the connection or aborted the fit")
             time.sleep(_POLL_S)
 
     def close(self):
-        self.slots = self.done = self.consumed = self.stop = self.abort = None
+        self.slots = self.done = self.ready = self.consumed = self.stop = self.abort = self._shares = None
         self.region.close()

@@ -136,7 +136,7 @@ def _serve(run, server, n_workers, state):
     if "block" in state and sys.platform.startswith("linux"):
         # off the critical path now, this thread should not preempt a worker it wakes with a result: on a
         # 2-core box that took a worker's header send from ~0.6 to ~0.16 ms (Linux: the niceness of this thread only)
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), int(os.environ.get("SDL_NICE", "10")))
     averager, out, last_records = Averager(), {}, {}
     batch, freq = run.master.batch_size_per_worker, run.master.averaging_frequency
 
@@ -297,19 +297,26 @@ def _barrier_task(host, port, secret, input_shape, n_features, label_dtype, mode
                                 copy=False)
                 block.done[worker] = g  # published: the slot holds this round's result
                 record["prev_wait_s"] = synced
-                # sent before the barrier, so that the driver handles it while this worker waits, not while both
-                # workers average (measured: 0.1-0.2 ms less per round on 2 cores)
-                _wire.send(sock, _round_header(g, res, record))
+                header = _round_header(g, res, record)
+                # the driver handles a result while other workers still fit, not while all of them average: a
+                # worker that is not the last one sends it now, the last one once the round is averaged
+                early = g + 1 >= total or block.done.min() < g
+                if early:
+                    _wire.send(sock, header)
                 t_wait = _time.time()
-                if g + 1 >= total or not block.wait(g, timeout, sock):
+                go_on = g + 1 < total and block.wait(g, timeout, sock)
+                if go_on:
+                    ns = [schedule.round_examples(n, batch_size, freq, r) for n in sizes]
+                    nxt = block.average(worker, g, ns, averager, timeout, sock)
+                    model.use_buffers(nxt["params"], nxt.get("state"))
+                    if average_optimizer_state:
+                        opt.use_buffer(nxt["opt"])
+                    iterations += max(-(-n // batch_size) for n in ns)
+                    synced = _time.time() - t_wait  # barrier + averaging: reported with the next round
+                if not early:
+                    _wire.send(sock, header)
+                if not go_on:
                     break
-                ns = [schedule.round_examples(n, batch_size, freq, r) for n in sizes]
-                nxt = block.average(worker, g, ns, averager, timeout, sock)
-                model.use_buffers(nxt["params"], nxt.get("state"))
-                if average_optimizer_state:
-                    opt.use_buffer(nxt["opt"])
-                iterations += max(-(-n // batch_size) for n in ns)
-                synced = _time.time() - t_wait  # barrier + averaging: reported with the next round
                 g += 1
         finally:
             model.use_buffers(own[0], own[1])

@@ -40,20 +40,13 @@ class Contribution:
         self.stats.extend(other.stats)
         return self
 
-    def average(self, dtype=np.float32, out=None):
-        """(params, state, optimizer state) averaged by examples; None for absent parts. ``out``: a dict of
-        arrays to write them into (by part name), else they are allocated."""
+    def average(self, dtype=np.float32):
+        """(params, state, optimizer state) averaged by examples; None for absent parts."""
         if self.n == 0:
             raise ValueError("no worker fitted any example in this round; nothing to average")
         scale = 1.0 / self.n
-        out = out or {}
-
-        def avg(name, a):
-            if a is None:
-                return None
-            dst = out.get(name)
-            return np.multiply(a, scale, out=np.empty(a.shape, dtype) if dst is None else dst, casting="same_kind")
-        return avg("params", self.params), avg("state", self.state), avg("opt", self.opt)
+        avg = lambda a: None if a is None else np.multiply(a, scale, out=np.empty(a.shape, dtype), casting="same_kind")
+        return avg(self.params), avg(self.state), avg(self.opt)
 
 
 PARTS = ("params", "state", "opt")

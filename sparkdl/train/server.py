@@ -70,10 +70,9 @@ class AveragingServer:
             workers[w] = (header, conn)
         return workers
 
-    def gather(self, workers, round_, on_result=None, kind="round"):
+    def gather(self, workers, round_, kind="round"):
         """{worker: (header, arrays, arrival time)} of every worker's ``kind`` message for ``round_`` (its result
-        by default), read in the order they arrive, so a fast worker's result is read (and
-        ``on_result(worker, header, arrays)`` run on it) while the others are still fitting."""
+        by default), read in the order they arrive."""
         deadline = time.monotonic() + self.timeout
         results = {}
         with selectors.DefaultSelector() as sel:
@@ -103,8 +102,6 @@ class AveragingServer:
                                             f"{header.get('type')} for round {header.get('round')}")
                     sel.unregister(conn)
                     results[w] = (header, arrays, time.time())
-                    if on_result is not None:
-                        on_result(w, header, arrays)
         return results
 
     def send_all(self, workers, header, arrays=None):

@@ -54,6 +54,8 @@ def test_barrier_and_jobs_modes_end_with_the_same_params(data):
     last = max(w["round"] for w in hb.stats.workers)  # no barrier after the last round
     assert all("wait_s" in w for w in hb.stats.workers if w["round"] < last)
     assert hb.shared_memory is True  # local[2]: the workers averaged among themselves through /dev/shm
+    page = hb.stats.to_html()
+    assert "worker 1" in page and "round 3 wait" in page  # the barrier waits reach the timeline
 
 
 def test_workers_averaging_through_shared_memory_equal_the_driver_averaging_over_sockets(data):

@@ -231,25 +231,18 @@ def test_wait_blocks_until_every_worker_published_and_the_driver_consumed(region
     block.done[0] = 4                            # worker 1 has not published round 4 yet
     block.consumed[0] = 3
 
-    def publish():
-        block.done[1] = 4
-
-    t = _later(0.15, publish)
-    start = time.monotonic()
-    assert block.wait(4, 5.0) is True
-    waited = time.monotonic() - start
-    t.join()
-    assert 0.1 <= waited < 3.0
+    _assert_waits_for(block, 4, lambda: block.done.__setitem__(1, 4))
     # everyone published round 5, but the driver has not taken round 4: the slots of round 6 are still its
     block.done[:] = [5, 5]
     block.consumed[0] = 3
+    _assert_waits_for(block, 5, lambda: block.consumed.__setitem__(0, 4))
 
-    def consume():
-        block.consumed[0] = 4
 
-    t = _later(0.15, consume)
+def _assert_waits_for(block, round_, action):
+    """wait(round_) blocks until ``action`` (run by a timer thread after 0.15 s) makes the round ready."""
+    t = _later(0.15, action)
     start = time.monotonic()
-    assert block.wait(5, 5.0) is True
+    assert block.wait(round_, 5.0) is True
     waited = time.monotonic() - start
     t.join()
     assert 0.1 <= waited < 3.0

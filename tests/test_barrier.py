@@ -58,9 +58,11 @@ def test_barrier_and_jobs_modes_end_with_the_same_params(data):
     assert "worker 1" in page and "round 3 wait" in page  # the barrier waits reach the timeline
 
 
-def test_workers_averaging_through_shared_memory_equal_the_driver_averaging_over_sockets(data):
-    peers, hp = fit(df := data[0], "barrier")
-    server, hs = fit(df, "barrier", shared_memory=False)
+@pytest.mark.parametrize("average_optimizer_state", [True, False])
+def test_workers_averaging_through_shared_memory_equal_the_driver_averaging_over_sockets(data, average_optimizer_state):
+    df = data[0]
+    peers, hp = fit(df, "barrier", average_optimizer_state=average_optimizer_state)
+    server, hs = fit(df, "barrier", shared_memory=False, average_optimizer_state=average_optimizer_state)
     assert hp.shared_memory is True and hs.shared_memory is False
     np.testing.assert_array_equal(peers.get_flat_params(), server.get_flat_params())  # the same Averager, bitwise
     np.testing.assert_array_equal(peers.optimizer.state_buffer, server.optimizer.state_buffer)

@@ -136,14 +136,16 @@ def _serve(run, server, n_workers, state):
     if "block" in state and sys.platform.startswith("linux"):
         # off the critical path now, this thread should not preempt a worker it wakes with a result: on a
         # 2-core box that took a worker's header send from ~0.6 to ~0.16 ms (Linux: the niceness of this thread only)
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), int(os.environ.get("SDL_NICE", "10")))
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     averager, out, last_records = Averager(), {}, {}
     batch, freq = run.master.batch_size_per_worker, run.master.averaging_frequency
 
     def peer_average(g):
         """Round g's average from the peers' slots (which hold it until the driver moves past round g + 1)."""
         ns = [schedule.round_examples(n, batch, freq, g % run.rounds_per_epoch) for n in state["sizes"]]
-        sources = state["block"].sources(g)
+        return average(state["block"].sources(g), ns)
+
+    def average(sources, ns):  # into buffers allocated at the first use
         for k, a in sources[0].items():
             if k not in out:
                 out[k] = np.empty_like(a)
@@ -184,10 +186,7 @@ def _serve(run, server, n_workers, state):
             averaged = run.average(total, epoch, r, g, peer_average(g) if need else None, skip=not need)
         else:
             sources = [results[w][1] for w in range(n_workers)]
-            for k, a in sources[0].items():
-                if k not in out:
-                    out[k] = np.empty_like(a)
-            averaged = run.average(total, epoch, r, g, averager(out, sources, ns) if total.n else None)
+            averaged = run.average(total, epoch, r, g, average(sources, ns) if total.n else None)
             server.send_all(workers, {"type": "params", "round": g + 1, "iterations": averaged["iterations"]},
                             {k: averaged[k] for k in PARTS})
             sent = time.time()

@@ -168,7 +168,8 @@ def main(argv=None):
     common.write_text(out("stats.html"), history.stats.to_html(title=f"sparkdl: {cfg.data}, {cfg.model}"))
     summary = history.stats.summary()
     common.write_json(out("metrics.json"), {"test": metrics, "history": history.history, "stats": summary,
-                                            "config": dataclasses.asdict(cfg), "master": spark.sparkContext.master})
+                                            "config": dataclasses.asdict(cfg), "master": spark.sparkContext.master,
+                                            "shared_memory": getattr(history, "shared_memory", None)})
     print("held-out:", common.format_metrics(metrics))
     print(f"rounds: {summary['rounds']}, worker time fitting: {summary['fit_fraction']:.0%}, "
           f"driver overhead per round: {summary['overhead_ms_mean']:.0f} ms")

@@ -7,6 +7,7 @@ tasks. Every daemon is stopped by its pid in the fixture's teardown, also when t
 import glob
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -241,6 +242,23 @@ def tasks_per_worker(cluster, events, description_prefix):
                 and r["Task End Reason"]["Reason"] == "Success":
             counts[worker_of[r["Task Info"]["Executor ID"]]] += 1
     return app_id, worker_of, counts
+
+
+def test_barrier_fit_on_a_two_worker_standalone_cluster(cluster, tmp_path):
+    """Two executors in two worker daemons on one host: their Python workers average through the driver's
+    /dev/shm block (sparkdl.train.peers) across processes that Spark started, not the test."""
+    out = tmp_path / "out"
+    events = tmp_path / "events"
+    events.mkdir()
+    submit(cluster, "train.py", ["--data", "digits", "--epochs", "3", "--num-workers", "2", "--mode", "barrier",
+                                 "--batch-size-per-worker", "32", "--averaging-frequency", "4",
+                                 "--output-dir", str(out)], events)
+    metrics = json.loads((out / "metrics.json").read_text())
+    log(f"barrier fit on the cluster: test accuracy {metrics['test']['accuracy']:.4f}, shared memory "
+        f"{metrics['shared_memory']}, overhead {metrics['stats']['overhead_ms_mean']:.2f} ms per round")
+    assert metrics["master"] == cluster.url and metrics["stats"]["workers"] == 2
+    assert metrics["shared_memory"] is (os.path.isdir("/dev/shm") and platform.machine().lower() in ("x86_64", "amd64"))
+    assert metrics["test"]["accuracy"] > 0.9, metrics["test"]
 
 
 def test_train_and_predict_on_a_two_worker_standalone_cluster(cluster, tmp_path):

@@ -49,6 +49,8 @@ class ParameterAveraging:
     shared_memory: barrier mode: when every worker runs on the driver's host (local mode, one big machine) they
         train in place in /dev/shm and average among themselves there, reporting only losses to the driver
         (sparkdl.train.peers); False: every worker trades its buffers with the driver's server over a socket.
+        The shared block takes 3 x (params + layer state + optimizer state) per worker in /dev/shm (8.4 MB per
+        worker for a 235k-parameter model with Adam); where /dev/shm has no room for it the socket is used.
     """
 
     def __init__(self, num_workers=None, batch_size_per_worker=32, averaging_frequency=5,

@@ -161,10 +161,11 @@ class CrashAfter(Callback):
             raise KeyboardInterrupt("simulated driver crash")
 
 
-def test_resume_from_checkpoint_matches_uninterrupted(digits, tmp_path):
+@pytest.mark.parametrize("mode", ["jobs", "barrier"])
+def test_resume_from_checkpoint_matches_uninterrupted(digits, tmp_path, mode):
     xtr, ytr, df, *_ = digits
     small = df.limit(384)
-    opts = dict(num_workers=2, batch_size_per_worker=32, averaging_frequency=2)
+    opts = dict(num_workers=2, batch_size_per_worker=32, averaging_frequency=2, mode=mode)
     full = mlp(seed=7)
     trainer(full, **opts).fit(small, epochs=2, verbose=0)
     crashed = mlp(seed=7)

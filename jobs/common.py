@@ -4,6 +4,7 @@ the error contract (exit status 2 and one line, ``jobs/<job>.py: error: <reason>
 Nothing here is shipped to executors: a function defined in this module would be pickled by reference to a
 module the executors cannot import. The executor-side code is sparkdl's own.
 """
+import argparse
 import glob
 import json
 import math
@@ -83,6 +84,35 @@ def add_data_args(p, data_help, default=None):
     g.add_argument("--num-features", type=int, default=None,
                    help="LibSVM: the feature count (default: the model's input size, or read from the data)")
     return g
+
+
+def saved_model_parser(prog, doc, data_help, output_default, output_help):
+    """The parser evaluate.py and predict.py share: --model-file, --batch-size, the data arguments with --split,
+    and an "output and Spark" group holding --output. Returns (parser, model group, output group): callers add
+    their own options to those, and --master last."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    model = p.add_argument_group("model")
+    model.add_argument("--model-file", required=True, help="a model file written by jobs/train.py or model.save() "
+                       "(local or any Hadoop URI)")
+    model.add_argument("--batch-size", type=int, default=1024, help="rows per forward pass on an executor")
+    add_data_args(p, data_help, default="digits").add_argument(
+        "--split", default="test", choices=["train", "test"], help="split of a built-in dataset or MNIST directory")
+    out = p.add_argument_group("output and Spark")
+    out.add_argument("--output", default=output_default, help=output_help)
+    return p, model, out
+
+
+def parse_saved_model_args(p, argv):
+    """Parse, then check what argparse cannot (--features-col, --batch-size); errors exit 2 with one line."""
+    a = p.parse_args(argv)
+    try:
+        a.features_col = features_arg(a.features_col)
+    except JobError as e:
+        p.error(str(e))
+    if a.batch_size < 1:
+        p.error(f"--batch-size must be >= 1. Received: {a.batch_size}")
+    return a
 
 
 def add_master_arg(g):

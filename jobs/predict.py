@@ -11,7 +11,6 @@ classifiers, `probability` (array<float>) and `prediction` (int); other models g
 array<float> for several outputs). With a label column it also prints the accuracy.
 Exit status: 0 on success, 2 with a one-line reason on bad arguments or data.
 """
-import argparse
 import os
 import sys
 
@@ -22,32 +21,17 @@ PROG = "jobs/predict.py"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("model")
-    g.add_argument("--model-file", required=True, help="a model file written by jobs/train.py or model.save() "
-                   "(local or any Hadoop URI)")
-    g.add_argument("--batch-size", type=int, default=1024, help="rows per forward pass on an executor")
-    common.add_data_args(p, f"a built-in dataset {common.BUILTIN_DATA} (its test split) or a Parquet/CSV/JSON/"
-                         "LibSVM/IDX path (local or any Hadoop URI); labels are optional", default="digits")
-    p.add_argument_group("data").add_argument(
-        "--split", default="test", choices=["train", "test"], help="split of a built-in dataset or MNIST directory")
-    g = p.add_argument_group("output and Spark")
-    g.add_argument("--output", default=os.path.join("out", "predictions.parquet"), help="Parquet output path")
+    p, _, g = common.saved_model_parser(
+        PROG, __doc__, f"a built-in dataset {common.BUILTIN_DATA} (its test split) or a Parquet/CSV/JSON/LibSVM/IDX "
+        "path (local or any Hadoop URI); labels are optional", os.path.join("out", "predictions.parquet"),
+        "Parquet output path")
     g.add_argument("--write-mode", default="overwrite", choices=["overwrite", "error", "append"],
                    help="what to do when --output exists")
     g.add_argument("--prediction-col", default="prediction")
     g.add_argument("--probability-col", default="probability")
     g.add_argument("--keep-features", action="store_true", help="keep the features column(s) in the output")
     common.add_master_arg(g)
-    a = p.parse_args(argv)
-    try:
-        a.features_col = common.features_arg(a.features_col)
-    except common.JobError as e:
-        p.error(str(e))
-    if a.batch_size < 1:
-        p.error(f"--batch-size must be >= 1. Received: {a.batch_size}")
-    return a
+    return common.parse_saved_model_args(p, argv)
 
 
 def main(argv=None):

@@ -5,9 +5,9 @@ import pytest
 from sparkdl import optim
 from sparkdl.datasets import load_digits
 from sparkdl.nn import Dense, Sequential
-from sparkdl.train import schedule
-from sparkdl.train.averaging import Contribution, merge
-from sparkdl.train.worker import fit_round, worker_model
+from sparkdl.dist import schedule
+from sparkdl.dist.averaging import Contribution, merge
+from sparkdl.dist.worker import fit_round, worker_model
 
 
 def test_schedule_covers_every_row_once_per_epoch():

@@ -84,7 +84,7 @@ def test_round_checkpoints_of_a_shared_memory_fit_hold_that_rounds_average(data,
 
 def test_unauthenticated_connections_are_refused_and_do_not_disturb_the_fit(data, monkeypatch):
     from sparkdl.spark import barrier
-    from sparkdl.train import wire
+    from sparkdl.dist import wire
     df, xte, yte = data
     intruders = []
 

@@ -246,7 +246,7 @@ def tasks_per_worker(cluster, events, description_prefix):
 
 def test_barrier_fit_on_a_two_worker_standalone_cluster(cluster, tmp_path):
     """Two executors in two worker daemons on one host: their Python workers average through the driver's
-    /dev/shm block (sparkdl.train.peers) across processes that Spark started, not the test."""
+    /dev/shm block (sparkdl.dist.peers) across processes that Spark started, not the test."""
     out = tmp_path / "out"
     events = tmp_path / "events"
     events.mkdir()

@@ -82,14 +82,14 @@ def test_pipeline_scores_with_spark_evaluators_at_least_as_well_as_logistic_regr
     rows = out.select("label", "rawPrediction", "probability", "prediction").collect()
     probs = np.array([r.probability.toArray() for r in rows])
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
-    np.testing.assert_allclose(np.exp([r.rawPrediction.toArray() for r in rows]), probs, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(np.exp([r.rawPrediction.toArray() for r in rows]), probs, rtol=1e-6, atol=1e-10)
     np.testing.assert_array_equal([r.prediction for r in rows], probs.argmax(1))   # class 1 at index 1
 
     model = pipeline_model.stages[-1]
     assert model.numClasses == 2 and model.numFeatures == 30
     row = _prepared(pipeline_model, test).first()
     assert model.predict(row.features) == rows[0].prediction
-    np.testing.assert_allclose(model.predictProbability(row.features).toArray(), probs[0], rtol=1e-6)
+    np.testing.assert_allclose(model.predictProbability(row.features).toArray(), probs[0], rtol=1e-6, atol=1e-10)
 
 
 def test_history_and_summary_of_the_last_fit(fitted):

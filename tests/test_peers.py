@@ -11,8 +11,8 @@ import pytest
 
 from sparkdl import optim
 from sparkdl.nn import BatchNormalization, Dense, Sequential
-from sparkdl.train import peers, schedule, shm
-from sparkdl.train.averaging import Averager
+from sparkdl.dist import peers, schedule, shm
+from sparkdl.dist.averaging import Averager
 
 needs_shm = pytest.mark.skipif(not os.path.isdir(shm.DIRECTORY), reason="no /dev/shm on this host")
 needs_ordered = pytest.mark.skipif(not peers.ORDERED_STORES, reason="peer blocks are only attached on x86-64")

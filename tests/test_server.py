@@ -5,8 +5,8 @@ import threading
 import numpy as np
 import pytest
 
-from sparkdl.train import wire
-from sparkdl.train.server import AveragingServer, WorkerLost
+from sparkdl.dist import wire
+from sparkdl.dist.server import AveragingServer, WorkerLost
 
 SECRET = b"s" * 32
 

@@ -7,9 +7,10 @@ import pytest
 from sparkdl import optim
 from sparkdl.datasets import load_digits
 from sparkdl.nn import Dense, Sequential
-from sparkdl.train import Callback, RoundCheckpoint, schedule
-from sparkdl.train.averaging import Contribution
-from sparkdl.train.worker import fit_round, worker_model
+from sparkdl.dist import schedule
+from sparkdl.train import Callback, RoundCheckpoint
+from sparkdl.dist.averaging import Contribution
+from sparkdl.dist.worker import fit_round, worker_model
 
 pytestmark = pytest.mark.spark
 SCHEMA = "features array<float>, label int"

@@ -1,7 +1,7 @@
 """mode="barrier": one barrier stage per fit. Each task converts its partition to numpy once, keeps it for all
 epochs, and every ``averaging_frequency`` minibatches the workers average their buffers (example-weighted): no
 Spark job per round. Workers on the driver's host average among themselves through shared memory
-(sparkdl.train.peers) and only report losses to the driver; otherwise each trades its buffers with the driver's
+(sparkdl.dist.peers) and only report losses to the driver; otherwise each trades its buffers with the driver's
 averaging server over a socket. If a worker dies, Spark retries the whole stage and the new tasks resume from
 the driver's latest average at the round where the fit stood."""
 import os
@@ -14,10 +14,10 @@ import uuid
 
 import numpy as np
 
-from ..train import schedule, wire
-from ..train.averaging import PARTS, Averager, Contribution
-from ..train.peers import PeerBlock
-from ..train.server import AveragingServer, WorkerLost
+from ..dist import schedule, wire
+from ..dist.averaging import PARTS, Averager, Contribution
+from ..dist.peers import PeerBlock
+from ..dist.server import AveragingServer, WorkerLost
 
 
 def check_cluster(sc, n_workers):
@@ -219,10 +219,10 @@ def _barrier_task(host, port, secret, input_shape, n_features, label_dtype, mode
 
         from sparkdl.spark.data import batch_to_numpy
         from sparkdl.spark.gpu import task_backend
-        from sparkdl.train import schedule, wire as _wire
-        from sparkdl.train.averaging import Averager
-        from sparkdl.train.peers import PeerBlock
-        from sparkdl.train.worker import fit_round, worker_model
+        from sparkdl.dist import schedule, wire as _wire
+        from sparkdl.dist.averaging import Averager
+        from sparkdl.dist.peers import PeerBlock
+        from sparkdl.dist.worker import fit_round, worker_model
 
         ctx = BarrierTaskContext.get()
         worker, attempt = ctx.partitionId(), ctx.taskAttemptId()  # grows with every retry

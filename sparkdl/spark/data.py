@@ -136,10 +136,6 @@ def batch_to_numpy(batch, n_features, with_labels=True):
     return x, ycol.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
 
 
-def label_dtype(loss_kind):
-    return np.int32 if loss_kind == "multiclass" else np.float32
-
-
 def numpy_to_dataframe(spark, x, y, directory, features_col="features", label_col="label"):
     """Write (x, y) as Parquet (features as array<float>) under ``directory`` and read it back as a
     DataFrame: how a built-in dataset meets Spark the way users' data does."""

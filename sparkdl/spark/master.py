@@ -10,7 +10,7 @@ import tempfile
 import numpy as np
 
 from .. import fs
-from ..train.averaging import Contribution, add, merge
+from ..dist.averaging import Contribution, add, merge
 
 REPARTITION = ("always", "never", "auto")
 MODES = ("jobs", "barrier")
@@ -48,7 +48,7 @@ class ParameterAveraging:
     server_timeout: barrier mode: seconds the averaging server waits for a worker before failing the fit.
     shared_memory: barrier mode: when every worker runs on the driver's host (local mode, one big machine) they
         train in place in /dev/shm and average among themselves there, reporting only losses to the driver
-        (sparkdl.train.peers); False: every worker trades its buffers with the driver's server over a socket.
+        (sparkdl.dist.peers); False: every worker trades its buffers with the driver's server over a socket.
         The shared block takes 3 x (params + layer state + optimizer state) per worker in /dev/shm (8.4 MB per
         worker for a 235k-parameter model with Adam); where /dev/shm has no room for it the socket is used.
     """
@@ -155,9 +155,9 @@ def _round_task(paths, input_shape, model_json, compile_json, seed, shuffle, bat
     def task(worker, _):
         import time as _time
         from sparkdl.spark.shards import read_shard
-        from sparkdl.train import schedule as _schedule
+        from sparkdl.dist import schedule as _schedule
         from sparkdl.spark.gpu import task_backend
-        from sparkdl.train.worker import fit_round, worker_model
+        from sparkdl.dist.worker import fit_round, worker_model
         record = {"worker": worker, "round": g, "epoch": epoch, "start": _time.time()}
         model = worker_model(model_json, compile_json, task_backend(backend, local))
         x, y = read_shard(paths[worker], input_shape, model.xp)

@@ -1,183 +1,15 @@
 """SparkTrainer: fit a compiled sparkdl model on a DataFrame through a master; evaluate and predict on executors."""
 import json
-import math
-import time
 import uuid
 
 import numpy as np
 import pyarrow as pa
 
 from .. import io
-from ..backend import to_numpy
-from ..train.averaging import Contribution
-from ..train.callbacks import CallbackList, History
-from ..train import wire
-from ..train.progress import Progress
-from ..train import schedule
-from ..train.stats import TrainingStats
+from ..dist import wire
+from ..dist.run import FitRun
 from . import data
 from .master import ParameterAveraging, _storage_level
-
-
-class FitRun:
-    """Driver-side state of one fit, shared by both modes: what to ship, how to apply an averaged round,
-    history, stats, callbacks, progress, resume."""
-
-    def __init__(self, trainer, master, epochs, callbacks, evaluate_validation, verbose, resume_round):
-        model = trainer.model
-        self.model, self.master, self.epochs = model, master, epochs
-        self.model_json = json.dumps({"class_name": type(model).__name__, "config": model.get_config()})
-        self.compile_json = json.dumps(model.compile_config())
-        self.input_shape = tuple(model.input_shape)
-        self.n_features = int(np.prod(self.input_shape))
-        self.label_dtype = data.label_dtype(model.loss.kind)
-        self.history = History()
-        self.history.rounds = []
-        self.history.stats = TrainingStats() if master.collect_stats else None
-        self.callbacks = CallbackList([self.history, *callbacks], model)
-        self.evaluate_validation = evaluate_validation
-        self.verbose = verbose
-        self.resume_round = resume_round
-        self.synced = resume_round - 1  # the last round whose average is in the model
-        self.stopped = False
-
-    # -- schedule ---------------------------------------------------------------------------------------
-    def start(self, shard_sizes):
-        empty = [i for i, n in enumerate(shard_sizes) if n == 0]
-        if empty:
-            raise ValueError(f"worker partitions {empty} are empty ({len(shard_sizes)} workers for "
-                             f"{sum(shard_sizes)} rows); use repartition='always' or fewer workers")
-        self.shard_sizes = list(shard_sizes)
-        self.rows = sum(shard_sizes)
-        self.rounds_per_epoch = schedule.rounds_per_epoch(shard_sizes, self.master.batch_size_per_worker,
-                                                          self.master.averaging_frequency)
-        total_rounds = self.epochs * self.rounds_per_epoch
-        if self.resume_round > total_rounds:
-            raise ValueError(f"the checkpoint is at round {self.resume_round}, past the {total_rounds} rounds of "
-                             f"this fit ({self.epochs} epochs x {self.rounds_per_epoch} rounds)")
-        self.model.stop_training = False
-        self.callbacks.on_train_begin()
-        self.start_clock()
-
-    def start_clock(self):
-        """Rounds are timed end to end: a round's wall time runs from the previous round's end (or from here,
-        when the workers start) to its own, so the walls add up to the training time less the epoch-end work
-        (validation, callbacks), which is not counted."""
-        self.clock = time.time()
-
-    def rounds(self):
-        """(epoch, round in epoch, global round) for every round still to run; epoch ends are handled here."""
-        for epoch in range(self.epochs):
-            first = schedule.global_round(epoch, 0, self.rounds_per_epoch)
-            if first + self.rounds_per_epoch <= self.resume_round:
-                continue
-            self._untimed(self._begin_epoch, epoch)
-            for r in range(self.rounds_per_epoch):
-                g = first + r
-                if g < self.resume_round:
-                    continue
-                yield epoch, r, g
-                if self.stopped:
-                    return
-            self._untimed(self._end_epoch, epoch)
-            if self.model.stop_training:
-                self.stopped = True
-                return
-
-    def _untimed(self, step, epoch):
-        t = time.time()
-        step(epoch)
-        self.clock += time.time() - t
-
-    def payload(self, copy=True):
-        """What every worker starts a round from (host arrays; views of the model's buffers if not ``copy``,
-        for a caller that ships them before the next round changes them)."""
-        model, opt = self.model, self.model.optimizer
-        host = (lambda a: to_numpy(a).copy()) if copy else to_numpy
-        return {"params": host(model.params),
-                "state": host(model.state) if model.state.size else None,
-                "opt": host(opt.state_buffer) if self.master.average_optimizer_state else None,
-                "iterations": int(opt.iterations)}
-
-    # -- applying a round -----------------------------------------------------------------------------------
-    def needs_model(self, r, g):
-        """Whether round g's average must be in the model when the round is committed: at epoch ends (validation,
-        callbacks, the end of the fit) and where a callback reads it. Elsewhere a master may skip it."""
-        return r == self.rounds_per_epoch - 1 or self.callbacks.reads_model_at_round(g)
-
-    def average(self, total, epoch, r, g, arrays=None, skip=False):
-        """The round's averaged buffers (``arrays``, a dict by part name, when the master averaged them itself;
-        none with ``skip``) with the loss and the optimizer's step count after it, as a dict; raises if nothing
-        was fitted or the loss or the average is not finite (the model keeps the weights it holds)."""
-        if total.n == 0:
-            raise RuntimeError(f"round {g + 1} (epoch {epoch + 1}, round {r + 1}): no worker fitted any example")
-        loss = total.loss_sum / total.n
-        if arrays is None and not skip:
-            arrays = dict(zip(("params", "state", "opt"), total.average(self.model.dtype)))
-        if not (math.isfinite(loss) and (skip or np.isfinite(arrays["params"]).all())):
-            raise FloatingPointError(
-                f"the training loss became {loss} in round {g + 1} (epoch {epoch + 1}, round {r + 1} of the epoch); "
-                f"the model keeps the weights averaged after round {self.synced + 1}. Lower the learning rate or "
-                f"check the data")
-        arrays = arrays or {}
-        return {"params": arrays.get("params"), "state": arrays.get("state"), "opt": arrays.get("opt"), "loss": loss,
-                "iterations": int(self.model.optimizer.iterations) + total.steps}
-
-    def load(self, averaged, g):
-        """Put round g's averaged buffers in the model."""
-        model = self.model
-        model.set_flat_params(averaged["params"])
-        if averaged.get("state") is not None:
-            model.set_flat_state(averaged["state"])
-        if averaged.get("opt") is not None:
-            model.optimizer.state_buffer[...] = model.xp.asarray(averaged["opt"])
-        self.synced = g
-
-    def commit(self, total, averaged, epoch, r, g, t0):
-        """Load an ``average``d round into the model (unless it was skipped), then history, stats, callbacks and
-        progress; ``t0``: when the master started merging the round (the stats' merge_s runs from there)."""
-        if averaged["params"] is not None:
-            self.load(averaged, g)
-        self.model.optimizer.iterations = averaged["iterations"]
-        loss = averaged["loss"]
-        self.epoch_total.merge(Contribution(n=total.n, loss_sum=total.loss_sum, partials=total.partials))
-        now = time.time()
-        record = {"round": g, "epoch": epoch, "start": self.clock, "wall_s": now - self.clock, "merge_s": now - t0,
-                  "loss": loss, "n": total.n}
-        self.clock = now
-        self.history.rounds.append({"round": g + 1, "epoch": epoch + 1, "loss": loss, "examples": total.n})
-        if self.history.stats is not None:
-            self.history.stats.add_round(record, total.stats)
-        self.callbacks.on_round_end(g, {"loss": loss, "epoch": epoch + 1, "round_in_epoch": r + 1})
-        self.progress.title = f"Epoch {epoch + 1}/{self.epochs} round {r + 1}/{self.rounds_per_epoch}"
-        self.progress.update(self.epoch_total.n, lambda: {"loss": self.epoch_total.loss_sum / self.epoch_total.n})
-
-    def apply(self, total, epoch, r, g):
-        t0 = time.time()
-        self.commit(total, self.average(total, epoch, r, g), epoch, r, g, t0)
-
-    def _begin_epoch(self, epoch):
-        self.epoch_total = Contribution()
-        self.callbacks.on_epoch_begin(epoch)
-        self.progress = Progress(self.rows, self.verbose)
-        self.progress.start(f"Epoch {epoch + 1}/{self.epochs}")
-
-    def _end_epoch(self, epoch):
-        t = self.epoch_total
-        logs = {"loss": t.loss_sum / max(t.n, 1)}
-        for m in self.model.metrics:
-            if t.partials.get(m.name):
-                logs[m.name] = m.result(t.partials[m.name])
-        if self.evaluate_validation is not None:
-            logs.update({f"val_{k}": v for k, v in self.evaluate_validation().items()})
-        self.progress.title = f"Epoch {epoch + 1}/{self.epochs}"
-        self.progress.end(t.n, logs)
-        self.callbacks.on_epoch_end(epoch, logs)
-
-    def finish(self):
-        self.callbacks.on_train_end()
-        return self.history
-
 
 class SparkTrainer:
     """Train, evaluate and predict with a compiled sparkdl model on Spark DataFrames.
@@ -233,7 +65,7 @@ class SparkTrainer:
                 else:
                     persisted.append(val.persist(level))
                     evaluate_validation = lambda: self._evaluate_prepared(val)
-            run = FitRun(self, master, epochs, callbacks, evaluate_validation, verbose, resume_round)
+            run = FitRun(model, master, epochs, callbacks, evaluate_validation, verbose, resume_round)
             history = master.fit(run, prepared)
         finally:
             for p in persisted:

@@ -1,5 +1,5 @@
 """Shared memory between the driver and the workers on its host: a Region is a file in /dev/shm that every
-process maps (sparkdl.train.peers lays its control block and buffers out in one).
+process maps (sparkdl.dist.peers lays its control block and buffers out in one).
 
 Plain files and mmap rather than ``multiprocessing.shared_memory``: on Python < 3.13 attaching to a segment
 registers it with the attaching process's resource tracker, which unlinks it when that process exits.

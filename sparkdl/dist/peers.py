@@ -1,6 +1,6 @@
 """Barrier mode for workers on the driver's host: they average among themselves through shared memory.
 
-The driver creates one region (sparkdl.train.shm) holding a control block and two result slots per worker. A
+The driver creates one region (sparkdl.dist.shm) holding a control block and two result slots per worker. A
 worker trains in place in its slot for the round (``model.use_buffers``), publishes the round number, and
 sends only its loss and metric sums to the driver. Once every worker has published the round, each one
 averages all the workers' slots into its next slot (``Averager``: the same floats everywhere) and trains on:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..backend import to_numpy
 from ..nn.model import model_from_config
-from .loop import train_batches
+from ..train.loop import train_batches
 
 
 @dataclass

@@ -53,7 +53,7 @@ PARTS = ("params", "state", "opt")
 
 
 class Averager:
-    """Barrier mode's averaging rule, run identically by the driver and by same-host workers (sparkdl.train.peers)
+    """Barrier mode's averaging rule, run identically by the driver and by same-host workers (sparkdl.dist.peers)
     so that every one of them holds the same floats: ``out[part] = sum_i (n_i / N) * sources[i][part]``, in worker
     order, in the buffers' own float type (float32: ~1e-7 relative from the jobs mode's sum-then-scale), with one
     scratch buffer per part reused every round."""

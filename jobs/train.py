@@ -16,6 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (beside this file; on YARN cluster mode ship it with --py-files jobs/common.py)
+from sparkdl.dist.master import modes  # noqa: E402
 
 PROG = "jobs/train.py"
 
@@ -72,7 +73,7 @@ def parse_args(argv=None):
     g.add_argument("--averaging-frequency", type=int, default=d.averaging_frequency,
                    help="minibatches per worker between two averagings")
     g.add_argument("--no-average-optimizer-state", dest="average_optimizer_state", action="store_false")
-    g.add_argument("--mode", default=d.mode, choices=["jobs", "barrier"])
+    g.add_argument("--mode", default=d.mode, choices=list(modes()))
     g.add_argument("--export-dir", default=None, help="shard directory for jobs mode (on a cluster: a path every "
                    "executor can read, e.g. hdfs:///tmp/sparkdl)")
     g.add_argument("--seed", type=int, default=d.seed)

@@ -214,6 +214,8 @@ def test_core_imports_without_pyspark_or_cupy():
             "for name in ('pyspark', 'cupy', 'cupyx'):\n"
             "    sys.modules[name] = None\n"
             "import sparkdl, sparkdl.nn, sparkdl.optim, sparkdl.losses, sparkdl.metrics, sparkdl.io, sparkdl.train\n"
+            "import sparkdl.dist.barrier, sparkdl.dist.jobs, sparkdl.dist.procs, sparkdl.dist.options, sparkdl.dist.run\n"
+            "assert sparkdl.dist.master.modes() == ('jobs', 'barrier')\n"
             "import sparkdl.backend as b\n"
             "try:\n"
             "    b.get_xp('cupy')\n"

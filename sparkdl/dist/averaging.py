@@ -1,4 +1,5 @@
-"""Example-weighted parameter averaging: what every master merges, written once.
+"""Example-weighted parameter averaging as jobs mode merges it (Contribution), and the Tally of a round's numbers
+that barrier workers add up on the way (sparkdl.dist.host and sparkdl.dist.ring do their averaging in place).
 
 A worker's contribution is ``n * params`` (and ``n * state``, ``n * optimizer state``) with ``n`` the number of
 examples it fitted in the round; contributions add up (so they merge in any tree order), and the average is
@@ -49,41 +50,6 @@ class Contribution:
         return avg(self.params), avg(self.state), avg(self.opt)
 
 
-PARTS = ("params", "state", "opt")
-
-
-class Averager:
-    """Barrier mode's averaging rule, run identically by the driver and by same-host workers (sparkdl.dist.peers)
-    so that every one of them holds the same floats: ``out[part] = sum_i (n_i / N) * sources[i][part]``, in worker
-    order, in the buffers' own float type (float32: ~1e-7 relative from the jobs mode's sum-then-scale), with one
-    scratch buffer per part reused every round."""
-
-    def __init__(self):
-        self.scratch = {}
-
-    def __call__(self, out, sources, ns):
-        total = sum(ns)
-        if total <= 0:
-            raise ValueError("no worker fitted any example in this round; nothing to average")
-        for name, dst in out.items():
-            first = True
-            for src, n in zip(sources, ns):
-                if not n:  # an idle worker adds nothing (and no 0 * inf)
-                    continue
-                a = src[name]
-                weight = np.float32(n / total) if dst.dtype == np.float32 else n / total
-                if first:
-                    np.multiply(a, weight, out=dst)
-                    first = False
-                else:
-                    tmp = self.scratch.get(name)
-                    if tmp is None or tmp.shape != dst.shape or tmp.dtype != dst.dtype:
-                        tmp = self.scratch[name] = np.empty_like(dst)
-                    np.multiply(a, weight, out=tmp)
-                    dst += tmp
-        return out
-
-
 def _weighted(a, n):
     """n * a, one allocation, in the buffer's own float type: float32 sums of a few workers' buffers lose
     ~1e-7 relative, and halve the memory traffic of a float64 accumulator (measured 2.5 -> 1.0 ms per
@@ -108,3 +74,56 @@ def merge(a, b):
 def add(total, result):
     """seqOp for Spark's treeAggregate: weight a RoundResult into the running total."""
     return total.merge(Contribution.of(result))
+
+
+class Tally:
+    """A round's numbers as one float64 row, so that workers can add them up on the way (host group, ring) and
+    the driver hears one row per round whatever the number of workers: examples, loss sum, metric partial sums
+    (summed); steps and the slowest worker's fitting time (max); the fitting time over all workers (summed).
+    The layout of the metric partials is read off the model's metrics once (``Tally(model)``)."""
+
+    HEAD = ("n", "loss_sum", "steps", "fit_s_max", "fit_s_sum", "workers")
+    _MAX = (2, 3)
+
+    def __init__(self, model):
+        xp = model.xp
+        probe = model.probabilities(xp.asarray(model.predict(np.zeros((1,) + tuple(model.input_shape), model.dtype))))
+        labels = xp.zeros((1,) + tuple(probe.shape[1:]), probe.dtype) if model.loss.kind != "multiclass" \
+            else xp.zeros(1, xp.int32)
+        self.layout = []
+        for m in model.metrics:
+            for key, value in m.partial(probe, labels).items():
+                self.layout.append((m.name, key, tuple(np.shape(value))))
+        self.width = len(self.HEAD) + sum(int(np.prod(s)) for _, _, s in self.layout)
+
+    def row(self, n, loss_sum, steps, fit_s, partials):
+        out = np.zeros(self.width)
+        out[:len(self.HEAD)] = (n, loss_sum, steps, fit_s, fit_s, 1)
+        i = len(self.HEAD)
+        for name, key, shape in self.layout:
+            size = int(np.prod(shape))
+            if partials.get(name):
+                out[i:i + size] = np.ravel(np.asarray(partials[name][key], np.float64))
+            i += size
+        return out
+
+    def combine(self, rows):
+        """One row for several, in the given order (so every worker that combines the same rows gets the same)."""
+        rows = np.asarray(rows, np.float64).reshape(-1, self.width)
+        out = rows.sum(axis=0)
+        for i in self._MAX:
+            out[i] = rows[:, i].max()
+        return out
+
+    def read(self, row):
+        """(examples, loss sum, steps, {metric: partials}, {fit_s_max, fit_s_sum, workers})."""
+        partials, i = {}, len(self.HEAD)
+        for name, key, shape in self.layout:
+            size = int(np.prod(shape))
+            value = row[i:i + size]
+            partials.setdefault(name, {})[key] = float(value[0]) if shape == () else value.reshape(shape).copy()
+            i += size
+        if not row[0]:
+            partials = {}
+        return (int(row[0]), float(row[1]), int(row[2]), partials,
+                {"fit_s_max": float(row[3]), "fit_s_sum": float(row[4]), "workers": int(row[5])})

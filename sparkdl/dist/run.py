@@ -38,10 +38,14 @@ class FitRun:
         self.verbose = verbose
         self.resume_round = resume_round
         self.synced = resume_round - 1  # the last round whose average is in the model
+        self.synced_iterations = int(model.optimizer.iterations)   # the optimizer's steps after that round
+        self.epoch_rounds = []   # (round, Contribution) of the current epoch, for a rollback
         self.stopped = False
 
     # -- schedule ---------------------------------------------------------------------------------------
-    def start(self, shard_sizes):
+    def start(self, shard_sizes, logs=None):
+        """The workers hold ``shard_sizes`` rows: settle the schedule and begin (``logs``: for on_train_begin,
+        e.g. where the workers run)."""
         empty = [i for i, n in enumerate(shard_sizes) if n == 0]
         if empty:
             raise ValueError(f"worker partitions {empty} are empty ({len(shard_sizes)} workers for "
@@ -55,7 +59,7 @@ class FitRun:
             raise ValueError(f"the checkpoint is at round {self.resume_round}, past the {total_rounds} rounds of "
                              f"this fit ({self.epochs} epochs x {self.rounds_per_epoch} rounds)")
         self.model.stop_training = False
-        self.callbacks.on_train_begin()
+        self.callbacks.on_train_begin(logs)
         self.start_clock()
 
     def start_clock(self):
@@ -65,23 +69,40 @@ class FitRun:
         self.clock = time.time()
 
     def rounds(self):
-        """(epoch, round in epoch, global round) for every round still to run; epoch ends are handled here."""
-        for epoch in range(self.epochs):
-            first = schedule.global_round(epoch, 0, self.rounds_per_epoch)
-            if first + self.rounds_per_epoch <= self.resume_round:
-                continue
-            self._untimed(self._begin_epoch, epoch)
-            for r in range(self.rounds_per_epoch):
-                g = first + r
-                if g < self.resume_round:
-                    continue
-                yield epoch, r, g
-                if self.stopped:
-                    return
-            self._untimed(self._end_epoch, epoch)
-            if self.model.stop_training:
-                self.stopped = True
+        """(epoch, round in epoch, global round) for every round still to run; epoch ends are handled here.
+        After ``rollback`` the rounds go on from the rolled-back point."""
+        total = self.epochs * self.rounds_per_epoch
+        self.next_round, begun = self.resume_round, None
+        while self.next_round < total:
+            g = self.next_round
+            epoch, r = divmod(g, self.rounds_per_epoch)
+            if epoch != begun:
+                self._untimed(self._begin_epoch, epoch)
+                begun = epoch
+            self.next_round = g + 1
+            yield epoch, r, g
+            if self.stopped:
                 return
+            if self.next_round == g + 1 and r == self.rounds_per_epoch - 1:
+                self._untimed(self._end_epoch, epoch)
+                if self.model.stop_training:
+                    self.stopped = True
+                    return
+
+    def rollback(self, g):
+        """Go back to round g (whose average the model holds): the rounds after it are forgotten (history, stats,
+        the epoch's sums) and run again."""
+        self.history.rounds = [h for h in self.history.rounds if h["round"] <= g + 1]
+        stats = self.history.stats
+        if stats is not None:
+            stats.rounds = [rec for rec in stats.rounds if rec["round"] <= g]
+            stats.workers = [rec for rec in stats.workers if rec["round"] <= g]
+        self.epoch_rounds = [(h, c) for h, c in self.epoch_rounds if h <= g]
+        self.epoch_total = Contribution()
+        for _, c in self.epoch_rounds:
+            self.epoch_total.merge(Contribution(n=c.n, loss_sum=c.loss_sum, partials=dict(c.partials)))
+        self.model.optimizer.iterations = self.synced_iterations
+        self.next_round = g + 1
 
     def _untimed(self, step, epoch):
         t = time.time()
@@ -132,17 +153,20 @@ class FitRun:
             model.optimizer.state_buffer[...] = model.xp.asarray(averaged["opt"])
         self.synced = g
 
-    def commit(self, total, averaged, epoch, r, g, t0):
+    def commit(self, total, averaged, epoch, r, g, t0, extra=None):
         """Load an ``average``d round into the model (unless it was skipped), then history, stats, callbacks and
-        progress; ``t0``: when the master started merging the round (the stats' merge_s runs from there)."""
+        progress; ``t0``: when the master started merging the round (the stats' merge_s runs from there);
+        ``extra``: more numbers for the round's stats record."""
+        self.model.optimizer.iterations = averaged["iterations"]
         if averaged["params"] is not None:
             self.load(averaged, g)
-        self.model.optimizer.iterations = averaged["iterations"]
+            self.synced_iterations = averaged["iterations"]
         loss = averaged["loss"]
         self.epoch_total.merge(Contribution(n=total.n, loss_sum=total.loss_sum, partials=total.partials))
+        self.epoch_rounds.append((g, Contribution(n=total.n, loss_sum=total.loss_sum, partials=total.partials)))
         now = time.time()
         record = {"round": g, "epoch": epoch, "start": self.clock, "wall_s": now - self.clock, "merge_s": now - t0,
-                  "loss": loss, "n": total.n}
+                  "loss": loss, "n": total.n, **(extra or {})}
         self.clock = now
         self.history.rounds.append({"round": g + 1, "epoch": epoch + 1, "loss": loss, "examples": total.n})
         if self.history.stats is not None:
@@ -156,7 +180,7 @@ class FitRun:
         self.commit(total, self.average(total, epoch, r, g), epoch, r, g, t0)
 
     def _begin_epoch(self, epoch):
-        self.epoch_total = Contribution()
+        self.epoch_total, self.epoch_rounds = Contribution(), []
         self.callbacks.on_epoch_begin(epoch)
         self.progress = Progress(self.rows, self.verbose)
         self.progress.start(f"Epoch {epoch + 1}/{self.epochs}")

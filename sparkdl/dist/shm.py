@@ -1,15 +1,18 @@
-"""Shared memory between the driver and the workers on its host: a Region is a file in /dev/shm that every
-process maps (sparkdl.dist.peers lays its control block and buffers out in one).
+"""Shared memory among the workers of one host: a Region is a file in /dev/shm that every one of them maps
+(sparkdl.dist.host lays its control words and buffers out in one), and sleeping waits on its int32 words.
 
 Plain files and mmap rather than ``multiprocessing.shared_memory``: on Python < 3.13 attaching to a segment
 registers it with the attaching process's resource tracker, which unlinks it when that process exits.
 The creator (the driver) reserves the pages with posix_fallocate, so a full /dev/shm (docker's default is
 64 MB) is an OSError at creation (and the fit uses the socket) rather than a SIGBUS at the first write.
 """
+import ctypes
 import mmap
 import os
+import platform
 import re
 import secrets
+import time
 
 import numpy as np
 
@@ -20,6 +23,9 @@ _NAME = re.compile(r"sparkdl-[0-9a-f]{32}")
 # the slots of another round at each epoch end; faulting 2.8 MB of pages in costs ~1-2 ms each time
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 _TOKEN = 16  # random bytes at offset 0: proof that a mapping is the creator's region, not a namesake
+# plain aligned stores become visible to other cores in program order only on x86-64 (TSO): elsewhere the
+# workers of a host do not share memory and go through the network path instead
+ORDERED_STORES = platform.machine().lower() in ("x86_64", "amd64")
 
 
 def aligned(n):
@@ -119,3 +125,43 @@ class Region:
             self.mm.close()
         except BufferError:  # arrays still view it: the mapping goes when they do
             pass
+
+
+# -- sleeping waits on int32 words of a region (Linux futex: the kernel parks the waiter until a store + wake) ---
+_FUTEX_WAIT, _FUTEX_WAKE = 0, 1
+_SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98}.get(platform.machine().lower())
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _libc():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc() if _SYS_FUTEX is not None and os.uname().sysname == "Linux" else None
+
+
+def sleep_until_changed(words, i, value, timeout):
+    """Block (without using the CPU) until ``words[i]`` (an int32 array in shared memory) may differ from
+    ``value``, a wake arrives, or ``timeout`` seconds pass; returns at once if it already differs. Spurious
+    returns are allowed: callers re-check their condition. Without futexes, a short sleep."""
+    if _LIBC is None:
+        time.sleep(min(timeout, 0.0005))
+        return
+    ts = _Timespec(int(timeout), int((timeout % 1.0) * 1e9))
+    _LIBC.syscall(_SYS_FUTEX, ctypes.c_void_p(words.ctypes.data + 4 * i), _FUTEX_WAIT, ctypes.c_int(int(value)),
+                  ctypes.byref(ts), None, 0)
+
+
+def wake(words, i):
+    """Wake every process sleeping on ``words[i]`` (call after storing the new value)."""
+    if _LIBC is not None:
+        _LIBC.syscall(_SYS_FUTEX, ctypes.c_void_p(words.ctypes.data + 4 * i), _FUTEX_WAKE,
+                      ctypes.c_int(2 ** 31 - 1), None, None, 0)

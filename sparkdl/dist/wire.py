@@ -1,6 +1,6 @@
-"""The averaging server's wire format and handshake. Never pickle: the server listens on a network port, so a
-message is a JSON header plus raw little-endian arrays of whitelisted dtypes, and a peer must prove it holds
-the per-fit secret (HMAC-SHA256 over a fresh server nonce) before anything it sends is read.
+"""Barrier mode's wire format, handshakes and listening sockets. Never pickle: the driver and the workers listen
+on network ports, so a message is a JSON header plus raw little-endian arrays of whitelisted dtypes, and a peer
+must prove it holds the per-fit secret (HMAC-SHA256 over a fresh nonce) before anything it sends is read.
 
 frame = b"SDL1" | u32 header length | header JSON | the arrays' bytes, in header["arrays"] order
 """
@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import os
+import socket
 import struct
 
 import numpy as np
@@ -34,6 +35,7 @@ def _recv_exact(sock, n):
 
 
 def send(sock, header, arrays=None):
+    """Send one frame; returns its size in bytes."""
     arrays = {k: v for k, v in (arrays or {}).items() if v is not None}
     meta = []
     for name, a in arrays.items():
@@ -43,12 +45,22 @@ def send(sock, header, arrays=None):
         meta.append([name, dtype, list(a.shape)])
     raw = json.dumps({**header, "arrays": meta}).encode()
     sock.sendall(MAGIC + struct.pack("<I", len(raw)) + raw)
+    size = 8 + len(raw)
     for a in arrays.values():
-        sock.sendall(memoryview(np.ascontiguousarray(a, DTYPES[np.dtype(a.dtype).name])).cast("B"))
+        view = memoryview(np.ascontiguousarray(a, DTYPES[np.dtype(a.dtype).name])).cast("B")
+        sock.sendall(view)
+        size += view.nbytes
+    return size
 
 
 def recv(sock, max_bytes=1 << 34):
     """(header dict, {name: array}); raises WireError on a closed connection or a malformed frame."""
+    header, arrays, _ = recv_sized(sock, max_bytes)
+    return header, arrays
+
+
+def recv_sized(sock, max_bytes=1 << 34):
+    """``recv`` and the frame's size in bytes."""
     head = _recv_exact(sock, 8)
     if bytes(head[:4]) != MAGIC:
         raise WireError("not a sparkdl frame (bad magic)")
@@ -69,7 +81,7 @@ def recv(sock, max_bytes=1 << 34):
         if total > max_bytes:
             raise WireError(f"frame of more than {max_bytes} bytes")
         arrays[name] = np.frombuffer(_recv_exact(sock, nbytes), DTYPES[dtype]).reshape(shape)
-    return header, arrays
+    return header, arrays, 8 + length + total
 
 
 def proof(secret, nonce):
@@ -88,6 +100,37 @@ def respond(sock, secret):
     """Client side: answer the server's nonce."""
     nonce = bytes(_recv_exact(sock, 32))
     sock.sendall(proof(secret, nonce))
+
+
+def parse_ports(ports):
+    """None (any free port) or an inclusive (low, high) range, also given as "low-high" or one port."""
+    if ports is None:
+        return None
+    try:
+        if isinstance(ports, str):
+            lo, _, hi = ports.partition("-")
+            ports = (int(lo), int(hi or lo))
+        lo, hi = (int(p) for p in ports)
+    except (TypeError, ValueError):
+        lo = hi = None
+    if lo is None or not 1 <= lo <= hi <= 65535:
+        raise ValueError(f"ports must be None, a port or a range 'low-high' within 1-65535. Received: ports={ports!r}")
+    return lo, hi
+
+
+def listen(host, ports=None, backlog=64):
+    """A listening TCP socket on ``host``: on a free port, or on the first free one of the ``ports`` range (for
+    clusters whose firewalls open only some ports)."""
+    ports = parse_ports(ports)
+    if ports is None:
+        return socket.create_server((host, 0), backlog=backlog)
+    last = None
+    for port in range(ports[0], ports[1] + 1):
+        try:
+            return socket.create_server((host, port), backlog=backlog)
+        except OSError as e:
+            last = e
+    raise OSError(f"no free port on {host} in the range {ports[0]}-{ports[1]} (ports): {last}")
 
 
 def encode_partials(partials):

@@ -12,10 +12,12 @@ from pyspark.ml.classification import _ClassifierParams
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasProbabilityCol, HasSeed
 
+from ..dist.master import modes
+
 CLASSIFIER_LOSSES = ("sparse_categorical_crossentropy", "binary_crossentropy")
 REGRESSOR_LOSSES = ("mse", "mae", "huber", "mean_squared_error", "mean_absolute_error")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
-MODES = ("jobs", "barrier")
+MODES = modes()
 
 
 def _to_spec(value):

@@ -136,6 +136,17 @@ def batch_to_numpy(batch, n_features, with_labels=True):
     return x, ycol.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
 
 
+def partition_to_numpy(batches, n_features, label_dtype):
+    """(x float32 (rows, n_features), y of ``label_dtype``) for a whole partition of prepared Arrow batches."""
+    xs, ys = [], []
+    for b in batches:
+        x, y = batch_to_numpy(b, n_features)
+        xs.append(x)
+        ys.append(y.astype(label_dtype))
+    x = np.concatenate(xs) if xs else np.zeros((0, n_features), np.float32)
+    return x, (np.concatenate(ys) if ys else np.zeros(0, label_dtype))
+
+
 def numpy_to_dataframe(spark, x, y, directory, features_col="features", label_col="label"):
     """Write (x, y) as Parquet (features as array<float>) under ``directory`` and read it back as a
     DataFrame: how a built-in dataset meets Spark the way users' data does."""

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import fs
-from .data import batch_to_numpy
+from .data import partition_to_numpy
 
 _CACHE = {}  # path -> (x, y), per Python worker; a new fit writes new paths
 
@@ -53,14 +53,8 @@ def export(prepared, export_dir, n_features, label_dtype):
     from pyspark import TaskContext
 
     def write(batches):
-        xs, ys = [], []
-        for b in batches:
-            x, y = batch_to_numpy(b, n_features)
-            xs.append(x)
-            ys.append(y.astype(label_dtype))
+        x, y = partition_to_numpy(batches, n_features, label_dtype)
         pid = TaskContext.get().partitionId()
-        x = np.concatenate(xs) if xs else np.zeros((0, n_features), np.float32)
-        y = np.concatenate(ys) if ys else np.zeros(0, label_dtype)
         path = fs.join(export_dir, f"shard-{pid:05d}.arrow")
         write_shard(path, x, y)
         yield pa.record_batch([pa.array([pid], pa.int32()), pa.array([len(x)], pa.int64()), pa.array([path])],

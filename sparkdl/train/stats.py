@@ -17,21 +17,32 @@ class TrainingStats:
         self.workers.extend(worker_records)
 
     def summary(self):
-        """Totals the benchmarks report: fraction of worker time fitting, driver overhead per round."""
+        """Totals the benchmarks report: fraction of worker time fitting, driver overhead per round (the round's
+        wall time less its slowest worker's fitting time), and, where the master counted them, the driver's
+        bytes per round."""
         if not self.rounds:
             return {}
         wall = sum(r["wall_s"] for r in self.rounds)
-        n_workers = max(1, len({w["worker"] for w in self.workers}))
-        fit = sum(w.get("fit_s", 0.0) for w in self.workers)
-        slowest = {}
+        slowest, fit = {}, 0.0
         for w in self.workers:
             slowest[w["round"]] = max(slowest.get(w["round"], 0.0), w.get("fit_s", 0.0))
+            fit += w.get("fit_s", 0.0)
+        if all("fit_s_max" in r for r in self.rounds):   # the master summed the workers' times on the way
+            slowest = {r["round"]: r["fit_s_max"] for r in self.rounds}
+            fit = sum(r["fit_s_sum"] for r in self.rounds)
+        n_workers = max([1, len({w["worker"] for w in self.workers})] + [r.get("workers", 1) for r in self.rounds])
         overhead = [r["wall_s"] - slowest.get(r["round"], 0.0) for r in self.rounds]
-        return {"rounds": len(self.rounds), "workers": n_workers, "wall_s": wall,
-                "fit_fraction": fit / max(wall * n_workers, 1e-12),
-                "round_s_mean": wall / len(self.rounds),
-                "overhead_ms_mean": 1000 * sum(overhead) / len(overhead),
-                "overhead_fraction": sum(overhead) / max(wall, 1e-12)}
+        out = {"rounds": len(self.rounds), "workers": n_workers, "wall_s": wall,
+               "fit_fraction": fit / max(wall * n_workers, 1e-12),
+               "round_s_mean": wall / len(self.rounds),
+               "overhead_ms_mean": 1000 * sum(overhead) / len(overhead),
+               "overhead_fraction": sum(overhead) / max(wall, 1e-12)}
+        for kind in ("control", "stats", "model"):
+            counts = [r[f"driver_{kind}_bytes"] for r in self.rounds if f"driver_{kind}_bytes" in r]
+            if counts:
+                out[f"driver_{kind}_bytes_per_round"] = sum(counts) / len(counts)
+                out[f"driver_{kind}_bytes_max"] = max(counts)
+        return out
 
     def to_dict(self):
         return {"rounds": self.rounds, "workers": self.workers, "summary": self.summary()}

@@ -1,0 +1,514 @@
+"""mode="barrier": every worker stays resident for the whole fit and the workers average among themselves;
+the driver only follows. Spark-free: sparkdl.spark.barrier launches ``worker_main`` in one barrier stage,
+tests launch it in plain processes.
+
+Placement. The workers find each other through one rendezvous (``ctx.all_gather``: Spark's
+BarrierTaskContext.allGather): each says which host it is on (hostname and /dev/shm) and where it listens.
+The workers of one host form a group that shares one region of memory (sparkdl.dist.host), its leader being
+the one with the lowest id; the leaders of all hosts form a ring over TCP (sparkdl.dist.ring). With
+``shared_memory=False`` (or on a GPU, or where the host cannot share memory) every worker is a group of its own.
+
+A round. Every worker fits ``averaging_frequency`` minibatches in place in its flat block (params, layer
+state, optimizer state), then the block is averaged, weighted by the examples each worker fitted:
+- within a group: each worker sums 1/L of the elements over the group's blocks (weights n_i / N);
+- between groups: the leaders all-reduce those partial sums in the ring (2 (K - 1) / K of the block per leader);
+- within a group again: every worker copies the result into its block.
+Each worker's tally row (examples, loss and metric sums, timings) is added up on the same way, so worker 0
+sends the driver one row per round: the driver's bytes per round depend neither on the model nor on the
+number of workers.
+
+The driver needs the model only at some rounds (epoch ends, callbacks that read it: ``FitRun.needs_model``),
+listed in advance; there every leader sends it its summed range (the model once in all), every worker its
+timing records, and the driver answers with a verdict (go on, or stop: then the model is that round's
+average). Workers wait for the verdict only one round later, so the driver's epoch-end work (validation,
+callbacks) overlaps the next round.
+
+Faults. A lost worker fails its barrier task (its peers fail fast, see sparkdl.dist.ring); Spark retries the
+whole stage and the new workers start from the model the driver holds (the last round it fetched), so a
+retried fit ends with the same weights as one that was never interrupted.
+"""
+import hashlib
+import json
+import logging
+import os
+import secrets
+import time
+
+import numpy as np
+
+from . import schedule, shm, wire
+from .averaging import Contribution, Tally
+from .control import Control, ControlServer, WorkerLost
+from .host import HostGroup, host_key
+from .master import Master, register
+from .ring import Ring
+
+log = logging.getLogger("sparkdl")
+
+# a worker's timing record for one round, as sent to the driver
+FIELDS = ("round", "epoch", "start", "read_s", "load_s", "fit_s", "wait_s", "ring_s", "ship_s", "n", "steps",
+          "sent", "received")
+
+
+def block_parts(model, average_optimizer_state):
+    """[(part, size)] of the flat block a worker trains in and the workers average: params, layer state (when the
+    model has any), optimizer state (when it is averaged)."""
+    parts = [("params", int(model.params.size))]
+    if model.state.size:
+        parts.append(("state", int(model.state.size)))
+    if average_optimizer_state:
+        parts.append(("opt", int(model.optimizer.state_buffer.size)))
+    return parts
+
+
+def split(block, parts):
+    views, offset = {}, 0
+    for name, size in parts:
+        views[name] = block[offset:offset + size]
+        offset += size
+    return views
+
+
+class Topology:
+    """Who averages with whom, as every worker computes it from the rendezvous: ``infos[w]`` is worker w's
+    {"host", "address", "port"}; ``offers[w]`` what a group leader offered (None: no shared memory there)."""
+
+    def __init__(self, infos, share_memory, offers=None):
+        by_host = {}
+        for w, info in enumerate(infos):
+            by_host.setdefault(info["host"] if share_memory else f"worker-{w}", []).append(w)
+        groups = []
+        for members in by_host.values():
+            members = sorted(members)
+            if offers is not None and len(members) > 1 and not offers[members[0]]:
+                groups.extend([m] for m in members)  # that host could not share memory
+            else:
+                groups.append(members)
+        self.groups = sorted(groups)
+        self.leaders = [g[0] for g in self.groups]
+        self.group_of = {w: g for g in self.groups for w in g}
+        self.ring_rank = {w: k for k, w in enumerate(self.leaders)}
+        self.infos = infos
+
+    def name(self, w):
+        return f"worker {w} ({self.infos[w]['address']})"
+
+
+def attempt_token(infos):
+    """The same bytes for every worker of one attempt of the stage, other bytes for any other attempt."""
+    return hashlib.sha256(json.dumps(sorted((i["worker"], i["attempt"]) for i in infos)).encode()).digest()
+
+
+class _Sync:
+    """One worker's part in averaging its block: group (shared memory) and ring (TCP) as the topology says."""
+
+    def __init__(self, rank, topo, group, ring, block, tally, timeout, control):
+        self.rank, self.topo, self.group, self.ring, self.block = rank, topo, group, ring, block
+        self.tally, self.timeout, self.control = tally, timeout, control
+        self.local = topo.group_of[rank]
+        self.alone = len(topo.leaders) == 1   # one group: no ring
+        self.j = self.local.index(rank)
+        self.leader = self.j == 0
+        self.buf = group.partial if group is not None else block   # what the leaders' ring sums
+
+    def distribute(self, round_, chunk, lo, hi):
+        """Start of the fit: the leaders hold their range of the driver's model; afterwards every block holds
+        all of it."""
+        if self.leader:
+            self.buf[lo:hi] = chunk
+            if self.ring is not None:
+                self.ring.allgather(self.buf)
+            if self.group is not None:
+                self.group.ring_done(round_ - 1)
+        if self.group is not None:
+            self.group.wait_ring(round_ - 1, self.timeout, self.control)
+            np.copyto(self.block, self.group.partial)
+
+    def __call__(self, round_, weights, row):
+        """Average the blocks of ``round_`` (``weights[w]`` = worker w's examples / all examples); returns the
+        tally row summed over all workers (at worker 0; the others may get None), and the ring's share of the
+        time."""
+        group, ring, ring_s = self.group, self.ring, 0.0
+        if group is None and self.alone:
+            return row, 0.0
+        if group is None:
+            w = weights[self.rank]
+            if w:
+                self.block *= self.block.dtype.type(w)
+            else:
+                self.block[...] = 0
+            t = time.perf_counter()
+            rows = ring.allreduce(self.block, row)
+            return self.tally.combine(rows), time.perf_counter() - t
+        group.publish(self.j, round_, row)
+        group.wait_published(round_, self.timeout, self.control)
+        host_row = self.tally.combine(group.rows) if self.leader else None
+        local_weights = [weights[w] for w in self.local]
+        if self.alone:
+            group.average_shares(self.j, round_, local_weights, self.timeout, self.control)
+            return host_row, 0.0
+        group.partial_shares(self.j, round_, local_weights, self.timeout, self.control)
+        total = None
+        if self.leader:
+            t = time.perf_counter()
+            total = self.tally.combine(ring.allreduce(group.partial, host_row))
+            ring_s = time.perf_counter() - t
+            group.ring_done(round_)
+        else:
+            group.wait_ring(round_, self.timeout, self.control)
+        np.copyto(self.block, group.partial)
+        return total, ring_s
+
+
+def worker_main(ctx, spec, x, y, read_s=0.0):
+    """One barrier worker, from joining to the end of the fit; returns the rows it held.
+
+    ``ctx``: ``rank`` (worker id), ``attempt`` (unique per task attempt), ``address`` (where peers reach this
+    worker), ``host`` (which memory it can share: ``host_key()``), ``all_gather(str) -> [str]`` (the
+    rendezvous); ``spec``: the plain values BarrierDriver.worker_spec made; (x, y): the worker's partition."""
+    from .worker import worker_model
+    model = worker_model(spec["model"], spec["compile"], spec["backend"])
+    opt, aos, timeout = model.optimizer, spec["average_optimizer_state"], spec["timeout"]
+    device = model.xp is not np
+    parts = block_parts(model, aos)
+    size = sum(n for _, n in parts)
+    tally = Tally(model)
+    n_rows = len(x)
+    x, y = model.xp.asarray(x), model.xp.asarray(y)   # resident for the whole fit (on the GPU with cupy)
+    own = (model.params, model.state, opt.state_buffer)   # the model is cached in this process: restored below
+    listener = group = control = ring = None
+    try:
+        listener = _listen(ctx.address, spec["ports"])
+        me = {"worker": ctx.rank, "attempt": ctx.attempt, "host": ctx.host, "address": ctx.address,
+              "port": listener.getsockname()[1]}
+        infos = [json.loads(m) for m in ctx.all_gather(json.dumps(me))]
+        share = spec["shared_memory"] and not device and shm.ORDERED_STORES
+        local = Topology(infos, share).group_of[ctx.rank]
+        if len(local) > 1 and local[0] == ctx.rank:
+            group = HostGroup.create(len(local), size, model.dtype, tally.width)
+        offers = [json.loads(m) if m else None
+                  for m in ctx.all_gather(json.dumps(group.offer()) if group is not None else "")]
+        topo = Topology(infos, share, offers)
+        local = topo.group_of[ctx.rank]
+        if len(local) > 1 and group is None:
+            group = HostGroup.attach(offers[local[0]])
+            if group is None:
+                raise RuntimeError(f"worker {ctx.rank} could not map the shared memory of {topo.name(local[0])} on "
+                                   f"its host; use ParameterAveraging(shared_memory=False)")
+        secret = bytes.fromhex(spec["secret"])
+        control = Control.connect(spec["driver"][0], spec["driver"][1], secret, {
+            "type": "hello", "worker": ctx.rank, "attempt": ctx.attempt, "rows": n_rows, "host": ctx.host,
+            "address": ctx.address, "pid": os.getpid(), "ring_rank": topo.ring_rank.get(ctx.rank),
+            "ring_size": len(topo.leaders), "group": local}, timeout=min(timeout, 60.0))
+        start, arrays = control.expect("start", timeout=timeout)
+        if ctx.rank in topo.ring_rank and len(topo.leaders) > 1:
+            ring = Ring.connect(topo.ring_rank[ctx.rank], [(infos[w]["address"], infos[w]["port"])
+                                                           for w in topo.leaders],
+                                listener, secret, attempt_token(infos), [topo.name(w) for w in topo.leaders],
+                                timeout, control)
+        listener.close()
+        listener = None
+        block = group.slots[local.index(ctx.rank)] if group is not None else np.empty(size, model.dtype)
+        views = split(block, parts)
+        sync = _Sync(ctx.rank, topo, group, ring, block, tally, timeout, control)
+        sync.distribute(start["round"], arrays.get("chunk"), start.get("lo", 0), start.get("hi", 0))
+        if device:
+            _to_model(model, views)
+        else:
+            model.use_buffers(views["params"], views.get("state"))
+            if aos:
+                opt.use_buffer(views["opt"])
+        _train(ctx.rank, model, x, y, spec, start, sync, control, views, read_s, device)
+    except BaseException as e:
+        if group is not None:
+            group.abort()   # the other workers of this host stop waiting for this one
+        if control is not None:
+            try:
+                control.send({"type": "error", "reason": f"{type(e).__name__}: {e}"})
+            except OSError:
+                pass
+        raise
+    finally:
+        model.use_buffers(own[0], own[1])
+        if aos:
+            opt.use_buffer(own[2])
+        for resource in (ring, control, listener):
+            if resource is not None:
+                resource.close()
+        if group is not None:
+            block = views = sync = None
+            group.close()
+    return n_rows
+
+
+def _listen(address, ports):
+    try:
+        return wire.listen(address, ports)
+    except OSError:   # the address peers reach this worker on is not one of its interfaces (NAT, containers)
+        return wire.listen("0.0.0.0", ports)
+
+
+def _train(rank, model, x, y, spec, start, sync, control, views, read_s, device):
+    batch, freq, timeout = spec["batch_size_per_worker"], spec["averaging_frequency"], spec["timeout"]
+    from .worker import fit_round
+    g, per_epoch, total = start["round"], start["rounds_per_epoch"], start["total_rounds"]
+    iterations, sizes, fetch = start["iterations"], start["sizes"], set(start["fetch"])
+    n_rows = len(x)
+    order_epoch, pending, records = None, [], []
+    sent0 = received0 = 0
+    while g < total:
+        epoch, r = divmod(g, per_epoch)
+        if epoch != order_epoch:   # one shuffle per epoch (0.5 ms for 30k rows: too much to redo every round)
+            order, order_epoch = schedule.epoch_order(n_rows, spec["seed"], epoch, rank, spec["shuffle"]), epoch
+        record = {"round": g, "epoch": epoch, "start": time.time(), "read_s": read_s}
+        read_s = 0.0
+        control.check()
+        res = fit_round(model, x, y, schedule.round_batches(order, batch, freq, r), None, None, None, iterations,
+                        spec["average_optimizer_state"], record, copy=False)
+        ns = [schedule.round_examples(n, batch, freq, r) for n in sizes]
+        weights = [n / sum(ns) for n in ns]
+        if device:
+            _to_block(model, views)
+        t = time.perf_counter()
+        row, ring_s = sync(g, weights, sync.tally.row(res.n, res.loss_sum, res.steps, record["fit_s"], res.partials))
+        record["wait_s"], record["ring_s"] = time.perf_counter() - t - ring_s, ring_s
+        if device:
+            _to_model(model, views)
+        iterations += max(-(-n // batch) for n in ns)
+        t = time.perf_counter()
+        if rank == 0:
+            control.send({"type": "round", "round": g}, {"tally": row})
+        ring = sync.ring
+        sent, received = (ring.sent, ring.received) if ring is not None else (0, 0)
+        record.update(ship_s=time.perf_counter() - t, sent=sent - sent0 + control.sent, received=received - received0)
+        sent0, received0, control.sent = sent, received, 0
+        if spec["collect_stats"]:
+            records.append([record.get(f, 0.0) for f in FIELDS])
+        if g in fetch:
+            if sync.leader:   # the leaders' summed ranges make up the model once
+                lo, hi = sync.ring.owned(sync.block.size) if sync.ring is not None else (0, sync.block.size)
+                control.send({"type": "model", "round": g, "lo": lo, "hi": hi}, {"chunk": sync.block[lo:hi]})
+            if spec["collect_stats"]:
+                control.send({"type": "stats", "round": g, "fields": list(FIELDS)},
+                             {"records": np.asarray(records, np.float64).reshape(-1, len(FIELDS))})
+                records = []
+            if g + 1 < total:
+                pending.append(g)
+        if _stopped(control, pending, g, timeout):
+            break
+        g += 1
+    control.send({"type": "bye", "round": min(g, total - 1)})
+
+
+def _stopped(control, pending, g, timeout):
+    """Whether the driver's verdict on a round it fetched (awaited one round later, so that the driver's epoch-end
+    work overlaps this round) says to stop there."""
+    while pending and pending[0] < g:
+        verdict, _ = control.expect("verdict", pending.pop(0), timeout)
+        if verdict["stop"]:
+            return True
+    return False
+
+
+def _to_block(model, views):
+    from ..backend import to_numpy
+    views["params"][...] = to_numpy(model.params)
+    if "state" in views:
+        views["state"][...] = to_numpy(model.state)
+    if "opt" in views:
+        views["opt"][...] = to_numpy(model.optimizer.state_buffer)
+
+
+def _to_model(model, views):
+    model.set_flat_params(views["params"])
+    if "state" in views:
+        model.set_flat_state(views["state"])
+    if "opt" in views:
+        model.optimizer.state_buffer[...] = model.xp.asarray(views["opt"])
+
+
+class BarrierDriver:
+    """The driver's side: a control server, the fit's secret, and the loop that follows the workers' rounds."""
+
+    def __init__(self, run, n_workers, host="127.0.0.1", ports=None, timeout=600.0, shared_memory=True,
+                 collect_stats=True, advertise=None):
+        self.run, self.n_workers, self.timeout = run, n_workers, timeout
+        self.shared_memory, self.collect_stats = shared_memory, collect_stats
+        self.secret = secrets.token_bytes(32)
+        self.server = ControlServer(self.secret, host, timeout, ports=ports, advertise=advertise)
+        self.parts = block_parts(run.model, run.master.average_optimizer_state)
+        self.size = sum(n for _, n in self.parts)
+        self.tally = Tally(run.model)
+        self.attempt, self.sizes, self.fetch, self.hellos = -1, None, set(), {}
+        self.lost, self.groups = [], []
+        self.stage_done = False   # set when the launcher's stage has ended: no retried workers will come
+
+    def worker_spec(self, ports=None):
+        run, master = self.run, self.run.master
+        return {"driver": [self.server.host, self.server.port], "secret": self.secret.hex(),
+                "model": run.model_json, "compile": run.compile_json, "backend": master.backend,
+                "seed": master.seed, "shuffle": master.shuffle, "batch_size_per_worker": master.batch_size_per_worker,
+                "averaging_frequency": master.averaging_frequency,
+                "average_optimizer_state": master.average_optimizer_state, "timeout": self.timeout,
+                "shared_memory": self.shared_memory, "ports": ports, "collect_stats": self.collect_stats}
+
+    def serve(self):
+        run = self.run
+        self._join(0, run.resume_round)
+        pending = None
+        for epoch, r, g in run.rounds():
+            if pending is not None:
+                self.server.send_all({"type": "verdict", "round": pending, "stop": False})
+                pending = None
+            before = dict(self.server.bytes)
+            try:
+                total, arrays, timing = self._round(r, g)
+            except WorkerLost as lost:
+                # Spark retries the barrier stage: the new workers start from the model the driver holds
+                if self.stage_done:
+                    raise
+                self.lost.append(str(lost))
+                log.warning("sparkdl: %s in round %d; the stage is retried from round %d", lost, g + 1,
+                            run.synced + 2)
+                self.server.abort("a worker was lost; the stage is retried")
+                run.rollback(run.synced)
+                self._join(self.attempt + 1, run.synced + 1)
+                run.start_clock()
+                continue
+            t0 = time.time()
+            averaged = run.average(total, epoch, r, g, arrays, skip=arrays is None)
+            used = {f"driver_{k}_bytes": v - before[k] for k, v in self.server.bytes.items()}
+            run.commit(total, averaged, epoch, r, g, t0, extra={**timing, **used})
+            if g in self.fetch and g + 1 < self.total_rounds:
+                pending = g
+        if pending is not None and run.stopped:
+            try:   # the workers are fitting round pending + 1 by now: that round is not used
+                self.server.send_all({"type": "verdict", "round": pending, "stop": True})
+            except WorkerLost:
+                pass
+
+    def _join(self, min_attempt, round_):
+        """Wait for a full set of workers (of a newer attempt after a loss) and send them where the fit stands."""
+        run = self.run
+        while True:
+            hellos = self.server.wait_for_workers(self.n_workers, min_attempt)
+            self.attempt = max(h.get("attempt", 0) for h in hellos.values())
+            sizes = [hellos[w]["rows"] for w in range(self.n_workers)]
+            if self.sizes is None:
+                run.start(sizes, {"workers": [{k: hellos[w].get(k) for k in ("worker", "host", "address", "pid")}
+                                              for w in range(self.n_workers)]})
+                self.sizes = sizes
+                self.total_rounds = run.epochs * run.rounds_per_epoch
+                self.fetch = {g for g in range(self.total_rounds) if run.needs_model(g % run.rounds_per_epoch, g)}
+            elif sizes != self.sizes:
+                raise RuntimeError(f"the retried workers hold {sizes} rows, not {self.sizes}: the partitioning changed")
+            self.hellos = hellos
+            self.groups = sorted({tuple(h["group"]) for h in hellos.values()})
+            p = run.payload(copy=False)
+            flat = np.concatenate([np.ravel(p[name]) for name, _ in self.parts]).astype(run.model.dtype, copy=False)
+            header = {"type": "start", "round": round_, "rounds_per_epoch": run.rounds_per_epoch,
+                      "total_rounds": self.total_rounds, "iterations": p["iterations"], "sizes": sizes,
+                      "fetch": sorted(g for g in self.fetch if g >= round_)}
+            try:
+                for w, h in sorted(hellos.items()):
+                    lo, hi = self.owned(h)
+                    self.server.send(w, {**header, "lo": lo, "hi": hi}, {"chunk": flat[lo:hi]} if hi > lo else None)
+                return
+            except WorkerLost as lost:
+                self.lost.append(str(lost))
+                self.server.abort("a worker was lost; the stage is retried")
+                min_attempt = self.attempt + 1
+
+    def owned(self, hello):
+        """The model range a leader holds summed (and is sent at the start, and sends back); none for others."""
+        k, size = hello.get("ring_rank"), hello.get("ring_size", 1)
+        if k is None:
+            return 0, 0
+        c = (k + 1) % size
+        return c * self.size // size, (c + 1) * self.size // size
+
+    def _round(self, r, g):
+        run, master = self.run, self.run.master
+        _, arrays = self.server.recv(0, "round", g)
+        n, loss_sum, steps, partials, timing = self.tally.read(np.asarray(arrays["tally"], np.float64))
+        expected = sum(schedule.round_examples(s, master.batch_size_per_worker, master.averaging_frequency, r)
+                       for s in self.sizes)
+        if n != expected or timing["workers"] != self.n_workers:
+            raise RuntimeError(f"round {g + 1}: {timing['workers']} workers fitted {n} examples; the schedule says "
+                               f"{self.n_workers} workers and {expected} examples")
+        total = Contribution(n, loss_sum=loss_sum, partials=partials, steps=steps)
+        model = None
+        if g in self.fetch:
+            flat = np.empty(self.size, run.model.dtype)
+            for w, h in sorted(self.hellos.items()):
+                lo, hi = self.owned(h)
+                if hi > lo:
+                    header, got = self.server.recv(w, "model", g)
+                    if (header.get("lo"), header.get("hi")) != (lo, hi):
+                        raise WorkerLost(w, f"sent elements {header.get('lo')}-{header.get('hi')}, not {lo}-{hi}")
+                    flat[lo:hi] = got["chunk"]
+            model = split(flat, self.parts)
+            if self.collect_stats:
+                for w in sorted(self.hellos):
+                    header, got = self.server.recv(w, "stats", g)
+                    names = header["fields"]
+                    for values in got["records"]:
+                        rec = dict(zip(names, values.tolist()))
+                        rec["worker"] = w
+                        rec["round"], rec["epoch"] = int(rec["round"]), int(rec["epoch"])
+                        total.stats.append(rec)
+        return total, model, timing
+
+    def abort(self, reason):
+        self.server.abort(reason)
+
+    def close(self):
+        self.server.close()
+
+
+@register
+class Barrier(Master):
+    """One barrier stage per fit; the workers average among themselves (see the module's text)."""
+    mode = "barrier"
+    order = 1
+
+    def fit(self, options, run, launcher):
+        import threading
+        launcher.check_barrier()
+        driver = BarrierDriver(run, launcher.num_workers, launcher.bind_host, options.ports, options.server_timeout,
+                               options.shared_memory, options.collect_stats, advertise=launcher.driver_host)
+        failure = []
+
+        def serve():
+            try:
+                driver.serve()
+            except BaseException as e:   # surfaced by the caller's thread, unless the stage failed first
+                if driver.server.closed:
+                    return
+                failure.append(e)
+                driver.abort(f"{type(e).__name__}: {e}")
+                launcher.cancel()
+
+        thread = threading.Thread(target=serve, name="sparkdl-barrier-driver", daemon=True)
+        thread.start()
+        try:
+            launcher.run_barrier(driver.worker_spec(options.ports), run)
+            driver.stage_done = True
+            thread.join()
+        except BaseException:
+            driver.abort("the barrier stage failed")
+            driver.close()
+            thread.join(timeout=5)
+            if failure:
+                raise failure[0] from None
+            raise
+        finally:
+            driver.close()
+        if failure:
+            raise failure[0]
+        run.history.refused_connections = driver.server.refused
+        run.history.shared_memory = any(len(g) > 1 for g in driver.groups)
+        run.history.placement = {"groups": [list(g) for g in driver.groups],
+                                 "hosts": {w: h.get("host") for w, h in sorted(driver.hellos.items())},
+                                 "lost": driver.lost}
+        return run.finish()

@@ -1,0 +1,237 @@
+"""Barrier mode's control channel between the driver and every worker, Spark-free.
+
+A worker connects, proves it holds the per-fit secret (sparkdl.dist.wire), says hello (worker id, task
+attempt, rows, host, pid, its place in the topology) and is sent where the fit starts. Afterwards the driver
+hears only what it needs: one tally per round from worker 0 (examples, loss and metric sums, timings, all
+already summed over the workers), each host leader's share of the model at the rounds where the driver needs
+the model, and the workers' timing records. It answers those rounds with a verdict (go on or stop) and can
+abort. The bytes are counted by kind: ``model`` (the start and the fetches), ``stats`` (timing records) and
+``control`` (everything else).
+
+A connection that fails the handshake is closed and counted in ``refused``; it never reaches the fit.
+"""
+import collections
+import queue
+import select
+import selectors
+import socket
+import threading
+import time
+
+from . import wire
+
+
+class WorkerLost(ConnectionError):
+    def __init__(self, worker, reason):
+        super().__init__(f"worker {worker} was lost: {reason}")
+        self.worker = worker
+
+
+class Aborted(RuntimeError):
+    """The driver aborted the fit, or closed its connection."""
+
+
+def _kind(header):
+    return header.get("type") if header.get("type") in ("model", "stats") else "control"
+
+
+class ControlServer:
+    def __init__(self, secret, host="127.0.0.1", timeout=600.0, handshake_timeout=10.0, ports=None, advertise=None):
+        """Listen on ``host`` (a port of ``ports``); workers are told to connect to ``advertise`` (default: host)."""
+        self.secret, self.timeout, self.handshake_timeout = secret, timeout, handshake_timeout
+        self.listener = wire.listen(host, ports)
+        self.host, self.port = advertise or host, self.listener.getsockname()[1]
+        self.joined = queue.Queue()
+        self.refused = 0
+        self.closed = False
+        self.bytes = {"control": 0, "model": 0, "stats": 0}
+        self.workers = {}      # worker id -> (hello header, socket) of the current attempt
+        self._inbox, self._finished = {}, {}
+        self._selector = None
+        threading.Thread(target=self._accept, name="sparkdl-control-accept", daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handshake, args=(conn,), daemon=True).start()
+
+    def _handshake(self, conn):
+        conn.settimeout(self.handshake_timeout)
+        try:
+            if wire.challenge(conn, self.secret):
+                header, _ = wire.recv(conn, max_bytes=0)
+                if header.get("type") == "hello" and isinstance(header.get("worker"), int):
+                    conn.settimeout(None)
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    self.joined.put((header, conn))
+                    return
+        except (OSError, wire.WireError, ValueError):
+            pass
+        self.refused += 1
+        conn.close()
+
+    def wait_for_workers(self, n, min_attempt=0):
+        """{worker id: hello header} once workers 0..n-1 of attempt >= min_attempt have joined; they become the
+        workers this server talks to (the sockets of an earlier attempt are closed)."""
+        self.drop_workers()
+        deadline = time.monotonic() + self.timeout
+        workers = {}
+        while len(workers) < n:
+            if self.closed:
+                raise RuntimeError("the control server was closed while it waited for workers")
+            try:
+                header, conn = self.joined.get(timeout=min(max(deadline - time.monotonic(), 0.001), 0.5))
+            except queue.Empty:
+                if time.monotonic() < deadline:
+                    continue
+                raise TimeoutError(f"only workers {sorted(workers)} of {n} connected to the driver within "
+                                   f"{self.timeout:.0f} s (server_timeout)") from None
+            w = header["worker"]
+            if header.get("attempt", 0) < min_attempt or not 0 <= w < n:
+                conn.close()
+                continue
+            if w in workers:
+                workers[w][1].close()  # a newer attempt of the same worker replaces the old one
+            workers[w] = (header, conn)
+        self.workers = workers
+        self._inbox = {w: collections.deque() for w in workers}
+        self._finished = {}
+        self._selector = selectors.DefaultSelector()
+        for w, (_, conn) in workers.items():
+            self._selector.register(conn, selectors.EVENT_READ, w)
+        return {w: h for w, (h, _) in workers.items()}
+
+    def recv(self, w, kind, round_):
+        """Worker ``w``'s next message, which must be a ``kind`` message for ``round_``; messages the other workers
+        send meanwhile are kept for later, and a closed connection of any of them is a WorkerLost."""
+        deadline = time.monotonic() + self.timeout
+        while not self._inbox[w]:
+            if w in self._finished:
+                raise WorkerLost(w, f"it ended its fit before its {kind} message for round {round_ + 1}; "
+                                    f"{self._finished[w]}")
+            ready = self._selector.select(timeout=max(deadline - time.monotonic(), 0.001))
+            if not ready:
+                raise TimeoutError(f"worker {w} sent no {kind} message for round {round_ + 1} within "
+                                   f"{self.timeout:.0f} s (server_timeout)")
+            for key, _ in ready:
+                self._read(key.data, deadline)
+        header, arrays = self._inbox[w].popleft()
+        if header.get("type") != kind or header.get("round") != round_:
+            raise WorkerLost(w, f"expected its {kind} message for round {round_ + 1}, received "
+                                f"{header.get('type')} for round {header.get('round', -2) + 1}")
+        return header, arrays
+
+    def _read(self, w, deadline):
+        conn = self.workers[w][1]
+        conn.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            if w in self._finished:   # a worker that said goodbye closes its end: nothing more comes from it
+                self._selector.unregister(conn)
+                return
+            header, arrays, size = wire.recv_sized(conn)
+        except socket.timeout:
+            raise TimeoutError(f"worker {w} did not finish sending a message within {self.timeout:.0f} s "
+                               f"(server_timeout)") from None
+        except (OSError, wire.WireError) as e:
+            raise WorkerLost(w, str(e) or type(e).__name__) from None
+        finally:
+            try:
+                conn.settimeout(None)
+            except OSError:
+                pass
+        self.bytes[_kind(header)] += size
+        if header.get("type") == "error":
+            raise WorkerLost(w, header.get("reason", "it reported an error"))
+        if header.get("type") == "bye":
+            self._finished[w] = f"its last message was for round {header.get('round', -2) + 1}"
+            return
+        self._inbox[w].append((header, arrays))
+
+    def send(self, w, header, arrays=None):
+        try:
+            self.bytes[_kind(header)] += wire.send(self.workers[w][1], header, arrays)
+        except OSError as e:
+            raise WorkerLost(w, str(e)) from None
+
+    def send_all(self, header, arrays=None):
+        for w in sorted(self.workers):
+            self.send(w, header, arrays)
+
+    def abort(self, reason):
+        for _, conn in self.workers.values():
+            try:
+                wire.send(conn, {"type": "abort", "reason": reason})
+            except OSError:
+                pass
+
+    def drop_workers(self):
+        for _, conn in self.workers.values():
+            conn.close()
+        if self._selector is not None:
+            self._selector.close()
+        self.workers, self._inbox, self._selector, self._finished = {}, {}, None, {}
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        self.drop_workers()
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() thread
+        except OSError:
+            pass
+        self.listener.close()
+
+
+class Control:
+    """A worker's end of the control channel: messages it is not waiting for yet are kept in order."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.inbox = collections.deque()
+        self.sent = 0
+
+    @classmethod
+    def connect(cls, host, port, secret, hello, timeout=60.0):
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        wire.respond(sock, secret)
+        wire.send(sock, hello)
+        sock.settimeout(None)
+        return cls(sock)
+
+    def send(self, header, arrays=None):
+        self.sent += wire.send(self.sock, header, arrays)
+
+    def check(self):
+        """Read what the driver has sent so far (without blocking); raise Aborted on an abort or a closed link."""
+        while select.select([self.sock], [], [], 0)[0]:
+            self._read()
+
+    def _read(self):
+        try:
+            header, arrays = wire.recv(self.sock)
+        except (OSError, wire.WireError) as e:
+            raise Aborted(f"the driver closed the connection: {e}") from None
+        if header.get("type") == "abort":
+            raise Aborted(f"the driver aborted the fit: {header.get('reason')}")
+        self.inbox.append((header, arrays))
+
+    def expect(self, kind, round_=None, timeout=600.0):
+        """The next message from the driver, which must be a ``kind`` message (for ``round_`` if given)."""
+        if not self.inbox:
+            ready = select.select([self.sock], [], [], timeout)[0]
+            if not ready:
+                raise TimeoutError(f"the driver sent no {kind} message within {timeout:.3g} s (server_timeout)")
+            self._read()
+        header, arrays = self.inbox.popleft()
+        if header.get("type") != kind or (round_ is not None and header.get("round") != round_):
+            raise RuntimeError(f"expected the driver's {kind} message{'' if round_ is None else f' for round {round_ + 1}'}"
+                               f", received {header.get('type')} {header.get('round')}")
+        return header, arrays
+
+    def close(self):
+        self.sock.close()

@@ -1,0 +1,205 @@
+"""The workers of one host average through shared memory (one sparkdl.dist.shm Region, made by the host's
+leader, the worker with the lowest id there).
+
+Each worker trains in place in its slot of the region (``model.use_buffers``): one flat block holding the
+params, the layer state and the optimizer state. After a round every worker publishes its round number and its
+tally row (examples, loss and metric sums, timings), then takes its share (1/L of the elements) of the weighted
+sum of all the host's slots:
+- alone on the cluster (one host): the share is the average, written straight into every slot;
+- with other hosts: the share goes into the host's partial sum ``P``, the leader all-reduces ``P`` with the
+  other hosts' leaders (sparkdl.dist.ring), and every worker copies the result into its slot.
+Every wait spins for at most ``SPIN_S`` and then sleeps on a futex, so a worker waiting for slower peers
+leaves its core to them (or to whatever else the executor's host runs).
+"""
+import os
+import time
+
+import numpy as np
+
+from . import shm
+
+SPIN_S = 50e-6      # spin this long (the other workers are usually microseconds away), then sleep
+_NAP_S = 0.05       # longest single sleep: between two, the driver's connection and the deadline are checked
+# int32 words: done[L], ready[L], ring (the leader's last all-reduced round), abort
+_DONE, _READY = 0, 1
+_BEFORE = -2 ** 30   # the words' value before any round (the fit's first round is only known later)
+
+
+class Aborted(RuntimeError):
+    """The fit was aborted by the driver or by another worker of the host."""
+
+
+class HostGroup:
+    """``n_local`` workers of one host in one region: control words, tally rows (float64, ``width`` each), the
+    partial sum P and one slot per worker (``size`` elements of ``dtype`` each)."""
+
+    def __init__(self, region, n_local, size, dtype, width):
+        self.region, self.n_local, self.size, self.dtype, self.width = region, n_local, size, np.dtype(dtype), width
+        offset = shm.ALIGN
+        self.words = region.view(np.int32, (2 * n_local + 2,), offset)
+        offset = shm.aligned(offset + self.words.nbytes)
+        self.rows = region.view(np.float64, (n_local, width), offset)
+        offset = shm.aligned(offset + self.rows.nbytes)
+        self.partial = region.view(self.dtype, (size,), offset)
+        offset = shm.aligned(offset + self.partial.nbytes)
+        self.slots = []
+        for _ in range(n_local):
+            self.slots.append(region.view(self.dtype, (size,), offset))
+            offset = shm.aligned(offset + self.slots[-1].nbytes)
+        self._ring, self._abort = 2 * n_local, 2 * n_local + 1
+        self.shares = [(j * size // n_local, (j + 1) * size // n_local) for j in range(n_local)]
+        self._scratch = None
+        self.waited_s = 0.0   # time spent waiting for the other workers of the host, since the last reset
+
+    @staticmethod
+    def nbytes(n_local, size, dtype, width):
+        parts = [4 * (2 * n_local + 2), 8 * n_local * width] + [size * np.dtype(dtype).itemsize] * (1 + n_local)
+        return shm.ALIGN + sum(shm.aligned(p) for p in parts) + shm.ALIGN
+
+    @classmethod
+    def create(cls, n_local, size, dtype, width):
+        """The leader's region, or None where this host has no shared memory to use."""
+        if not shm.ORDERED_STORES:
+            return None
+        region = shm.Region.create(cls.nbytes(n_local, size, dtype, width))
+        if region is None:
+            return None
+        group = cls(region, n_local, size, dtype, width)
+        group.words[:] = _BEFORE
+        group.words[group._abort] = 0
+        return group
+
+    def offer(self):
+        return {"region": self.region.offer(), "workers": self.n_local, "size": self.size,
+                "dtype": self.dtype.name, "width": self.width}
+
+    @classmethod
+    def attach(cls, offer):
+        """The leader's group, or None where its region cannot be mapped from this process."""
+        region = None
+        try:
+            region = shm.Region.attach(**offer["region"])
+            args = (int(offer["workers"]), int(offer["size"]), np.dtype(offer["dtype"]), int(offer["width"]))
+            if region is None or region.size != cls.nbytes(*args):
+                raise ValueError("not the offered layout")
+            return cls(region, *args)
+        except (KeyError, TypeError, ValueError):
+            if region is not None:
+                region.close()
+            return None
+
+    # -- the round ----------------------------------------------------------------------------------------------
+    def publish(self, j, round_, row):
+        """Worker ``j`` has trained ``round_`` in its slot; ``row`` is its tally row."""
+        self.rows[j] = row
+        self._store(_DONE, j, round_)
+
+    def wait_published(self, round_, timeout, control=None):
+        self._wait_all(_DONE, round_, timeout, control, f"trained round {round_ + 1}")
+
+    def average_shares(self, j, round_, weights, timeout, control=None):
+        """Alone on the cluster: worker ``j``'s share of the weighted average, into every slot; then a wait until
+        every worker has written its share (each slot then holds the average)."""
+        lo, hi = self.shares[j]
+        if hi > lo:
+            avg = self._weighted_sum(lo, hi, weights)
+            for slot in self.slots:
+                np.copyto(slot[lo:hi], avg)
+        self._store(_READY, j, round_)
+        self._wait_all(_READY, round_, timeout, control, f"averaged round {round_ + 1}")
+
+    def partial_shares(self, j, round_, weights, timeout, control=None):
+        """With other hosts: worker ``j``'s share of the host's weighted sum, into P; then a wait until P is whole."""
+        lo, hi = self.shares[j]
+        if hi > lo:
+            np.copyto(self.partial[lo:hi], self._weighted_sum(lo, hi, weights))
+        self._store(_READY, j, round_)
+        self._wait_all(_READY, round_, timeout, control, f"summed round {round_ + 1}")
+
+    def ring_done(self, round_):
+        """The leader has all-reduced P for ``round_``."""
+        self.words[self._ring] = round_
+        shm.wake(self.words, self._ring)
+
+    def wait_ring(self, round_, timeout, control=None):
+        self._wait(lambda: self.words[self._ring] >= round_, self._ring, timeout, control,
+                   lambda: f"the host's leader did not finish averaging round {round_ + 1} with the other hosts")
+
+    def abort(self):
+        self.words[self._abort] = 1
+        for i in range(len(self.words) - 1):
+            shm.wake(self.words, i)
+
+    # -- internals ----------------------------------------------------------------------------------------------
+    def _weighted_sum(self, lo, hi, weights):
+        """``sum_i weights[i] * slot_i[lo:hi]`` in worker order, in the slots' float type (idle workers, weight 0,
+        add nothing), in a scratch buffer reused every round."""
+        if self._scratch is None:
+            self._scratch = (np.empty(hi - lo, self.dtype), np.empty(hi - lo, self.dtype))
+        acc, tmp = self._scratch
+        first = True
+        for slot, w in zip(self.slots, weights):
+            if not w:
+                continue
+            w = self.dtype.type(w)
+            if first:
+                np.multiply(slot[lo:hi], w, out=acc)
+                first = False
+            else:
+                np.multiply(slot[lo:hi], w, out=tmp)
+                acc += tmp
+        if first:
+            acc[...] = 0
+        return acc
+
+    def _store(self, kind, j, round_):
+        i = kind * self.n_local + j
+        self.words[i] = round_
+        shm.wake(self.words, i)
+
+    def _wait_all(self, kind, round_, timeout, control, what):
+        base = kind * self.n_local
+        for j in range(self.n_local):
+            self._wait(lambda: self.words[base + j] >= round_, base + j, timeout, control,
+                       lambda: f"worker {j} of this host has not {what}")
+
+    def _wait(self, ready, word, timeout, control, late):
+        """Spin for up to SPIN_S, then sleep on ``word`` in naps; between naps check for an abort (of the host or
+        of the driver, through ``control``) and the deadline."""
+        if ready():
+            return
+        start = time.perf_counter()
+        while time.perf_counter() - start < SPIN_S:
+            if ready():
+                self.waited_s += time.perf_counter() - start
+                return
+        deadline = start + timeout
+        while True:
+            if self.words[self._abort]:
+                raise Aborted("the fit was aborted (by the driver or another worker of this host)")
+            value = int(self.words[word])
+            if ready():
+                break
+            now = time.perf_counter()
+            if now > deadline:
+                raise TimeoutError(f"{late()} within {timeout:.3g} s (server_timeout)")
+            if control is not None:
+                control.check()
+            shm.sleep_until_changed(self.words, word, value, min(_NAP_S, deadline - now))
+        self.waited_s += time.perf_counter() - start
+
+    def close(self):
+        self.slots = self.partial = self.rows = self.words = self._scratch = None
+        self.region.close()
+
+
+def host_key():
+    """What makes two workers share memory: the same hostname and the same /dev/shm (a container or a network
+    namespace with its own /dev/shm is another host)."""
+    import socket
+    try:
+        st = os.stat(shm.DIRECTORY)
+        shm_id = f"{st.st_dev}:{st.st_ino}"
+    except OSError:
+        shm_id = "none"
+    return f"{socket.gethostname()}|{shm_id}"

@@ -1,0 +1,35 @@
+"""The training masters' interface and their registry: ``ParameterAveraging(mode=...)`` picks the master
+registered under that mode, and the mode lists of the API, the pyspark.ml Params and the jobs' arguments are
+read from here (``modes()``).
+
+A master gets the fit's options (a ParameterAveraging: plain values), the driver's ``FitRun`` (sparkdl.dist.run)
+and a launcher, the Spark-side object that runs its tasks (sparkdl.spark: ``num_workers``, ``driver_host``,
+``cancel()``, and what the master needs of it: ``check_barrier`` and ``run_barrier`` for barrier mode, ``export`` and ``run_round``
+for jobs mode). It returns the fit's History.
+"""
+
+MASTERS = {}
+
+
+class Master:
+    mode = None
+    order = 0   # where the mode is listed
+
+    def fit(self, options, run, launcher):
+        raise NotImplementedError
+
+
+def register(cls):
+    MASTERS[cls.mode] = cls
+    return cls
+
+
+def modes():
+    from . import barrier, jobs  # noqa: F401  (registering)
+    return tuple(sorted(MASTERS, key=lambda m: MASTERS[m].order))
+
+
+def get(mode):
+    if mode not in modes():
+        raise ValueError(f"mode must be one of {modes()}. Received: mode={mode!r}")
+    return MASTERS[mode]()

@@ -1,0 +1,162 @@
+"""Barrier fits without Spark: every worker a plain process (``python -m sparkdl.dist.procs DIR RANK``), the
+rendezvous through files in DIR, the shards as .npy files. The tests and benchmarks run the runtime this way;
+on a real cluster sparkdl.spark launches the same ``worker_main`` in a barrier stage.
+
+A worker may run behind a command prefix (``ip netns exec ...`` for a simulated host), on an address and with a
+host identity of its own. Like Spark with a barrier stage, a failed attempt is stopped and retried as a whole.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+class FileRendezvous:
+    """``all_gather`` for the workers of one attempt: each call writes one file per worker, then waits for all."""
+
+    def __init__(self, directory, rank, size, timeout=120.0):
+        self.directory, self.rank, self.size, self.timeout, self.calls = directory, rank, size, timeout, 0
+
+    def all_gather(self, message):
+        call = os.path.join(self.directory, f"call-{self.calls}")
+        self.calls += 1
+        os.makedirs(call, exist_ok=True)
+        tmp = os.path.join(call, f".{self.rank}.tmp")
+        with open(tmp, "w") as f:
+            f.write(message)
+        os.replace(tmp, os.path.join(call, str(self.rank)))
+        deadline = time.monotonic() + self.timeout
+        paths = [os.path.join(call, str(r)) for r in range(self.size)]
+        while not all(os.path.exists(p) for p in paths):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {sum(os.path.exists(p) for p in paths)} of {self.size} workers reached the "
+                                   f"rendezvous within {self.timeout:.0f} s")
+            time.sleep(0.002)
+        out = []
+        for p in paths:
+            with open(p) as f:
+                out.append(f.read())
+        return out
+
+
+class ProcessContext:
+    def __init__(self, rank, attempt, address, host, rendezvous):
+        from .host import host_key
+        self.rank, self.attempt, self.address = rank, attempt, address
+        self.host = host or host_key()
+        self._rendezvous = rendezvous
+
+    def all_gather(self, message):
+        return self._rendezvous.all_gather(message)
+
+
+class ProcessLauncher:
+    """Runs a barrier master's workers as local processes: ``shards[w]`` = (x, y) of worker w, ``addresses[w]``
+    where it listens (127.0.0.1), ``hosts[w]`` its host identity (default: its real one), ``prefixes[w]`` a
+    command prefix (e.g. a network namespace), ``attempts`` how often a failed stage is tried (Spark: 4)."""
+
+    def __init__(self, shards, addresses=None, hosts=None, prefixes=None, driver_host="127.0.0.1", attempts=2,
+                 env=None, directory=None):
+        n = len(shards)
+        self.shards, self.num_workers = shards, n
+        self.addresses = addresses or ["127.0.0.1"] * n
+        self.hosts, self.prefixes = hosts or [None] * n, prefixes or [[]] * n
+        self.bind_host = self.driver_host = driver_host
+        self.attempts, self.env = attempts, env
+        self.directory = directory or tempfile.mkdtemp(prefix="sparkdl-procs-")
+        self.own_directory = directory is None
+        self.procs, self.failures, self.cancelled = [], [], False
+        self._attempt = 0
+
+    def check_barrier(self):
+        pass
+
+    def cancel(self):
+        self.cancelled = True
+        self._stop()
+
+    def run_barrier(self, spec, run):
+        for w, (x, y) in enumerate(self.shards):
+            np.save(os.path.join(self.directory, f"x-{w}.npy"), np.ascontiguousarray(x).reshape((-1,) + tuple(run.input_shape)))
+            np.save(os.path.join(self.directory, f"y-{w}.npy"), np.asarray(y, run.label_dtype))
+        with open(os.path.join(self.directory, "spec.json"), "w") as f:
+            json.dump(spec, f)
+        for _ in range(self.attempts):
+            if self._run_attempt():
+                return
+            if self.cancelled:
+                break
+        raise RuntimeError(f"the barrier stage failed {len(self.failures)} time(s): " + " | ".join(self.failures))
+
+    def _run_attempt(self):
+        self._attempt += 1
+        rendezvous = os.path.join(self.directory, f"attempt-{self._attempt}")
+        os.makedirs(rendezvous)
+        env = dict(os.environ, **(self.env or {}))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [_source_root(), env.get("PYTHONPATH")] if p)
+        self.procs = []
+        for w in range(self.num_workers):
+            args = [self.directory, str(w), str(self.num_workers), str(self._attempt * 1000 + w), self.addresses[w],
+                    self.hosts[w] or "", rendezvous]
+            log = open(os.path.join(rendezvous, f"worker-{w}.log"), "w")
+            self.procs.append(subprocess.Popen([*self.prefixes[w], sys.executable, "-m", "sparkdl.dist.procs", *args],
+                                               env=env, stdout=log, stderr=subprocess.STDOUT))
+            log.close()
+        while True:
+            codes = [p.poll() for p in self.procs]
+            if all(c == 0 for c in codes):
+                return True
+            if any(c not in (None, 0) for c in codes) or self.cancelled:
+                bad = [w for w, c in enumerate(codes) if c not in (None, 0)]
+                self._stop()
+                tails = []
+                for w in bad:
+                    with open(os.path.join(rendezvous, f"worker-{w}.log")) as f:
+                        lines = f.read().strip().splitlines()
+                    tails.append(f"worker {w} exited with {codes[w]}: {lines[-1] if lines else ''}")
+                self.failures.append("; ".join(tails) or "cancelled")
+                return False
+            time.sleep(0.01)
+
+    def _stop(self):
+        """Like Spark with a failed barrier stage: every task of the attempt is killed."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+        for p in self.procs:
+            p.wait()
+
+    def pids(self):
+        return [p.pid for p in self.procs]
+
+    def close(self):
+        self._stop()
+        if self.own_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _source_root():
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv):
+    directory, rank, size, attempt, address, host, rendezvous = argv
+    rank, size, attempt = int(rank), int(size), int(attempt)
+    with open(os.path.join(directory, "spec.json")) as f:
+        spec = json.load(f)
+    x = np.load(os.path.join(directory, f"x-{rank}.npy"), allow_pickle=False)
+    y = np.load(os.path.join(directory, f"y-{rank}.npy"), allow_pickle=False)
+    from ..backend import resolve
+    from .barrier import worker_main
+    spec["backend"] = resolve(spec["backend"], (), local=True)
+    worker_main(ProcessContext(rank, attempt, address, host or None, FileRendezvous(rendezvous, rank, size)),
+                spec, x, y)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

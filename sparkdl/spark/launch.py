@@ -1,0 +1,30 @@
+"""The launcher a master (sparkdl.dist.master) runs its tasks through, on one prepared DataFrame."""
+import uuid
+
+from . import barrier, jobs
+
+
+class Launcher:
+    def __init__(self, options, prepared):
+        self.options = options
+        self.sc = prepared.sparkSession.sparkContext
+        self.num_workers, self.df = options.workers_for(prepared)
+        self.local = self.sc.master.startswith("local")
+        self.bind_host, self.driver_host = barrier.driver_addresses(self.sc)
+        self.group = f"sparkdl-{uuid.uuid4().hex[:8]}"
+        self.paths = None
+
+    def cancel(self):
+        self.sc.cancelJobGroup(self.group)
+
+    def check_barrier(self):
+        barrier.check_cluster(self.sc, self.num_workers)
+
+    def run_barrier(self, spec, run):
+        barrier.run_barrier(self, spec, run)
+
+    def exported(self, run):
+        return jobs.exported(self, run)
+
+    def run_round(self, run, epoch, r, g):
+        return jobs.run_round(self, run, epoch, r, g)

@@ -42,6 +42,7 @@ class TrainConfig:
     averaging_frequency: int = 5
     average_optimizer_state: bool = True
     mode: str = "jobs"
+    ports: str = None
     export_dir: str = None
     seed: int = 0
     output_dir: str = "out"
@@ -74,6 +75,8 @@ def parse_args(argv=None):
                    help="minibatches per worker between two averagings")
     g.add_argument("--no-average-optimizer-state", dest="average_optimizer_state", action="store_false")
     g.add_argument("--mode", default=d.mode, choices=list(modes()))
+    g.add_argument("--ports", default=None, help="barrier mode: the port range the driver and the workers listen on, "
+                   "e.g. 40000-40100 (for firewalled clusters; default any free port)")
     g.add_argument("--export-dir", default=None, help="shard directory for jobs mode (on a cluster: a path every "
                    "executor can read, e.g. hdfs:///tmp/sparkdl)")
     g.add_argument("--seed", type=int, default=d.seed)
@@ -158,7 +161,7 @@ def main(argv=None):
     master = ParameterAveraging(num_workers=cfg.num_workers, batch_size_per_worker=cfg.batch_size_per_worker,
                                 averaging_frequency=cfg.averaging_frequency, mode=cfg.mode,
                                 average_optimizer_state=cfg.average_optimizer_state,
-                                export_dir=cfg.export_dir, seed=cfg.seed)
+                                export_dir=cfg.export_dir, seed=cfg.seed, ports=cfg.ports)
     trainer = SparkTrainer(model, master)
     history = trainer.fit(train, features_col, cfg.label_col, epochs=cfg.epochs)
     metrics = trainer.evaluate(test, features_col, cfg.label_col)
@@ -170,7 +173,8 @@ def main(argv=None):
     summary = history.stats.summary()
     common.write_json(out("metrics.json"), {"test": metrics, "history": history.history, "stats": summary,
                                             "config": dataclasses.asdict(cfg), "master": spark.sparkContext.master,
-                                            "shared_memory": getattr(history, "shared_memory", None)})
+                                            "shared_memory": getattr(history, "shared_memory", None),
+                                            "placement": getattr(history, "placement", None)})
     print("held-out:", common.format_metrics(metrics))
     print(f"rounds: {summary['rounds']}, worker time fitting: {summary['fit_fraction']:.0%}, "
           f"driver overhead per round: {summary['overhead_ms_mean']:.0f} ms")

@@ -17,3 +17,12 @@ def spark():
     session = local_session("local[2]", app_name="sparkdl-tests")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cluster_log(pytestconfig):
+    """Lets sparkcluster.log() write to the terminal while pytest captures output."""
+    import sparkcluster
+    sparkcluster._CONFIG.append(pytestconfig)
+    yield
+    sparkcluster._CONFIG.clear()

@@ -198,7 +198,7 @@ def worker_main(ctx, spec, x, y, read_s=0.0):
         secret = bytes.fromhex(spec["secret"])
         control = Control.connect(spec["driver"][0], spec["driver"][1], secret, {
             "type": "hello", "worker": ctx.rank, "attempt": ctx.attempt, "rows": n_rows, "host": ctx.host,
-            "address": ctx.address, "pid": os.getpid(), "ring_rank": topo.ring_rank.get(ctx.rank),
+            "address": ctx.address, "port": me["port"], "pid": os.getpid(), "ring_rank": topo.ring_rank.get(ctx.rank),
             "ring_size": len(topo.leaders), "group": local}, timeout=min(timeout, 60.0))
         start, arrays = control.expect("start", timeout=timeout)
         if ctx.rank in topo.ring_rank and len(topo.leaders) > 1:
@@ -510,5 +510,7 @@ class Barrier(Master):
         run.history.shared_memory = any(len(g) > 1 for g in driver.groups)
         run.history.placement = {"groups": [list(g) for g in driver.groups],
                                  "hosts": {w: h.get("host") for w, h in sorted(driver.hellos.items())},
-                                 "lost": driver.lost}
+                                 "listening": {w: f"{h.get('address')}:{h.get('port')}"
+                                               for w, h in sorted(driver.hellos.items())},
+                                 "driver": f"{driver.server.host}:{driver.server.port}", "lost": driver.lost}
         return run.finish()

@@ -1,0 +1,151 @@
+"""The distributed runtime without Spark: barrier fits with every worker a plain process (sparkdl.dist.procs),
+on every topology the runtime knows (one host sharing memory, one worker per host in a TCP ring, hosts of
+several workers), the jobs master's loop with an in-process launcher, a worker killed from outside, stopping at
+an epoch end, and what the driver receives."""
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from sparkdl import optim
+from sparkdl.datasets import load_digits
+from sparkdl.dist import master as masters
+from sparkdl.dist import schedule
+from sparkdl.dist.averaging import Contribution
+from sparkdl.dist.options import Options
+from sparkdl.dist.procs import ProcessLauncher
+from sparkdl.dist.run import FitRun
+from sparkdl.dist.worker import fit_round, worker_model
+from sparkdl.nn import Dense, Sequential
+from sparkdl.train import Callback
+
+WORKERS = 4
+
+
+def mlp():
+    m = Sequential([Dense(32, activation="relu"), Dense(10, activation="softmax")], input_shape=(64,), seed=0)
+    return m.compile(optim.Adam(0.01), "sparse_categorical_crossentropy", ["accuracy"])
+
+
+@pytest.fixture(scope="module")
+def shards():
+    x, y = load_digits("train")
+    out = [(x[i::WORKERS], y[i::WORKERS]) for i in range(WORKERS)]
+    out[3] = (out[3][0][:200], out[3][1][:200])  # unequal shards: weights matter
+    return out
+
+
+def fit(mode, shards, epochs=2, callbacks=(), launcher=None, **kw):
+    options = Options(num_workers=len(shards), batch_size_per_worker=32, averaging_frequency=4, seed=3, mode=mode,
+                      **kw)
+    model = mlp()
+    run = FitRun(model, options, epochs, list(callbacks), None, 0, 0)
+    launcher = launcher or (ProcessLauncher(shards) if mode == "barrier" else InProcessJobs(shards))
+    try:
+        history = masters.get(mode).fit(options, run, launcher)
+    finally:
+        launcher.close()
+    return model, history
+
+
+class InProcessJobs:
+    """A jobs-mode launcher without Spark: every round's tasks run here, one after the other."""
+
+    def __init__(self, shards):
+        self.shards = shards
+
+    def exported(self, run):
+        import contextlib
+        return contextlib.nullcontext([len(x) for x, _ in self.shards])
+
+    def run_round(self, run, epoch, r, g):
+        options, payload, total = run.master, run.payload(), Contribution()
+        model = worker_model(run.model_json, run.compile_json)
+        for w, (x, y) in enumerate(self.shards):
+            order = schedule.epoch_order(len(x), options.seed, epoch, w, options.shuffle)
+            batches = schedule.round_batches(order, options.batch_size_per_worker, options.averaging_frequency, r)
+            res = fit_round(model, x.astype(np.float32), y.astype(np.int32), batches, payload["params"],
+                            payload["state"], payload["opt"], payload["iterations"], options.average_optimizer_state)
+            total.merge(Contribution.of(res))
+        return total
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("hosts", [None, "a,b,c,d", "a,a,b,b", "a,b,b,b"])
+def test_every_topology_ends_with_the_jobs_modes_weights(shards, hosts):
+    reference, hj = fit("jobs", shards)
+    launcher = ProcessLauncher(shards, hosts=hosts.split(",") if hosts else None)
+    model, hb = fit("barrier", shards, launcher=launcher)
+    groups = {None: [[0, 1, 2, 3]], "a,b,c,d": [[0], [1], [2], [3]], "a,a,b,b": [[0, 1], [2, 3]],
+              "a,b,b,b": [[0], [1, 2, 3]]}[hosts]
+    assert hb.placement["groups"] == groups and hb.placement["lost"] == []
+    np.testing.assert_allclose(model.get_flat_params(), reference.get_flat_params(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.optimizer.state_buffer, reference.optimizer.state_buffer, rtol=1e-5, atol=1e-7)
+    assert [r["loss"] for r in hb.rounds] == pytest.approx([r["loss"] for r in hj.rounds], rel=1e-6)
+    assert hb.history["accuracy"] == pytest.approx(hj.history["accuracy"])
+
+
+def test_the_driver_hears_one_tally_per_round_and_the_model_once_per_epoch(shards):
+    _, history = fit("barrier", shards, shared_memory=False)
+    stats = history.stats
+    model_bytes = 4 * (2 * mlp().params.size + mlp().params.size)  # params and Adam's m, v, in float32
+    fetched = [r["driver_model_bytes"] for r in stats.rounds if r["driver_model_bytes"]]
+    assert len(fetched) == 2                                  # the two epoch ends
+    assert all(model_bytes <= b < model_bytes + 1024 for b in fetched)   # the leaders' ranges: the model once
+    assert max(r["driver_control_bytes"] for r in stats.rounds) < 512   # a tally (and a verdict), not the model
+    assert len(stats.workers) == WORKERS * len(stats.rounds)   # every worker's timing record, by the epoch ends
+    assert {w["worker"] for w in stats.workers} == set(range(WORKERS))
+    ring_bytes = [w["sent"] for w in stats.workers if w["round"] == 1]
+    s = model_bytes
+    assert all(b <= 1.1 * 2 * (WORKERS - 1) / WORKERS * s + 1024 for b in ring_bytes), (ring_bytes, s)
+
+
+class Kill(Callback):
+    def __init__(self, launcher, worker, at_round):
+        self.launcher, self.worker, self.at_round, self.killed = launcher, worker, at_round, None
+
+    def reads_model_at_round(self, round):
+        return False
+
+    def on_round_end(self, round, logs=None):
+        if round == self.at_round and self.killed is None:
+            self.killed = self.launcher.pids()[self.worker]
+            os.kill(self.killed, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("hosts", ["a,a,b,b", "a,b,c,d"])
+def test_a_worker_killed_from_outside_is_retried_and_the_weights_are_as_if_nothing_happened(shards, hosts):
+    clean, _ = fit("barrier", shards, epochs=3, launcher=ProcessLauncher(shards, hosts=hosts.split(",")))
+    launcher = ProcessLauncher(shards, hosts=hosts.split(","))
+    kill = Kill(launcher, worker=2, at_round=7)
+    resumed, history = fit("barrier", shards, epochs=3, callbacks=[kill], launcher=launcher)
+    assert kill.killed is not None and len(history.placement["lost"]) == 1
+    assert [r["round"] for r in history.rounds] == list(range(1, len(history.rounds) + 1))
+    assert history.epoch == [0, 1, 2]
+    np.testing.assert_allclose(resumed.get_flat_params(), clean.get_flat_params(), rtol=1e-5, atol=1e-6)
+
+
+class StopAfter(Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.model.stop_training = True
+
+
+def test_stopping_at_an_epoch_end_keeps_that_epochs_average(shards):
+    two, h2 = fit("barrier", shards, epochs=2)
+    stopped, hs = fit("barrier", shards, epochs=5, callbacks=[StopAfter(1)])
+    assert hs.epoch == [0, 1] and len(hs.rounds) == len(h2.rounds)
+    np.testing.assert_array_equal(stopped.get_flat_params(), two.get_flat_params())
+
+
+def test_ports_come_from_the_configured_range(shards):
+    _, history = fit("barrier", shards[:2], epochs=1, shared_memory=False, ports="42100-42140")
+    used = [int(a.rsplit(":", 1)[1]) for a in history.placement["listening"].values()]
+    used.append(int(history.placement["driver"].rsplit(":", 1)[1]))
+    assert all(42100 <= p <= 42140 for p in used), used

@@ -55,8 +55,8 @@ def _free_subnet():
 
 
 class SimulatedHosts:
-    def __init__(self, n):
-        self.n = n
+    def __init__(self, n, mtu=None):
+        self.n, self.mtu = n, mtu
         tag = f"{os.getpid() % 10000}{random.Random().randint(0, 99):02d}"
         self.net = _free_subnet()
         self.bridge = f"sdlb{tag}"
@@ -101,6 +101,9 @@ class SimulatedHosts:
             _run(*inside, "link", "set", f"{link}p", "name", "eth0")
             _run(*inside, "addr", "add", f"{ip}/24", "dev", "eth0")
             _run(*inside, "link", "set", "eth0", "up")
+            if self.mtu:
+                _run("ip", "link", "set", link, "mtu", str(self.mtu))
+                _run(*inside, "link", "set", "eth0", "mtu", str(self.mtu))
         for i, ns in enumerate(self.namespaces):
             script = f"hostname {self.names[i]} && mount -t tmpfs -o size=512m,mode=1777 tmpfs /dev/shm && exec sleep infinity"
             self.holders.append(subprocess.Popen(["ip", "netns", "exec", ns, "unshare", "--uts", "--mount",

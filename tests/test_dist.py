@@ -149,3 +149,33 @@ def test_ports_come_from_the_configured_range(shards):
     used = [int(a.rsplit(":", 1)[1]) for a in history.placement["listening"].values()]
     used.append(int(history.placement["driver"].rsplit(":", 1)[1]))
     assert all(42100 <= p <= 42140 for p in used), used
+
+
+def test_block_order_visits_every_row_once_with_the_short_block_last():
+    order = schedule.block_order(1000, 64, seed=1, epoch=2, worker=0)
+    assert sorted(order.tolist()) == list(range(16)) and order[-1] == 15 and order[:15].tolist() != list(range(15))
+    assert order.tolist() == schedule.block_order(1000, 64, seed=1, epoch=2, worker=0).tolist()
+    per_round = [sum(min(64, 1000 - 64 * k) for k in schedule.round_blocks(order, 5, r)) for r in range(4)]
+    assert per_round == [schedule.round_examples(1000, 64, 5, r) for r in range(4)]   # same weights as rows
+
+
+def test_a_partition_over_its_memory_budget_trains_from_a_memory_mapped_file(shards, tmp_path):
+    from sparkdl.dist.spill import Spiller, is_spilled
+    x, y = shards[0]
+    spiller = Spiller(64, np.int32, budget=1000, batch_size=32, directory=str(tmp_path))
+    for start in range(0, len(x), 100):
+        spiller.add(x[start:start + 100], y[start:start + 100])
+    fx, fy = spiller.finish((64,))
+    assert is_spilled(fx) and len(fx) == len(x) and os.listdir(tmp_path) == []   # mapped, then unlinked
+    np.testing.assert_array_equal(np.concatenate([fx[k] for k in range(len(fx.parts))]), x.astype(np.float32))
+    np.testing.assert_array_equal(np.concatenate([fy[k] for k in range(len(fy.parts))]), y)
+    kept = Spiller(64, np.int32, budget=10 ** 9, batch_size=32, directory=str(tmp_path))
+    kept.add(x, y)
+    assert not is_spilled(kept.finish((64,))[0])
+    # a whole fit with every partition spilled: each epoch shuffles minibatch blocks, and it learns as well
+    spilled, hs = fit("barrier", shards, epochs=4, memory_budget=0)
+    rows, hr = fit("barrier", shards, epochs=4)
+    xte, yte = load_digits("test")
+    assert [r["examples"] for r in hs.rounds] == [r["examples"] for r in hr.rounds]
+    assert spilled.evaluate(xte, yte)["accuracy"] > 0.9
+    assert abs(spilled.evaluate(xte, yte)["accuracy"] - rows.evaluate(xte, yte)["accuracy"]) < 0.03

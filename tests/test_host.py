@@ -1,5 +1,6 @@
-"""Averaging among the workers of one host, without Spark: shared-memory regions and training in external
-buffers (Model.use_buffers / Optimizer.use_buffer)."""
+"""Averaging among the workers of one host, without Spark: shared-memory regions, futex waits, HostGroup (the
+workers of one host summing their slots in one region; threads with their own mappings stand in for processes)
+and training in external buffers (Model.use_buffers / Optimizer.use_buffer)."""
 import os
 import secrets
 import socket
@@ -11,7 +12,7 @@ import pytest
 
 from sparkdl import optim
 from sparkdl.nn import BatchNormalization, Dense, Sequential
-from sparkdl.dist import shm
+from sparkdl.dist import host, shm
 
 needs_shm = pytest.mark.skipif(not os.path.isdir(shm.DIRECTORY), reason="no /dev/shm on this host")
 
@@ -135,7 +136,507 @@ def test_region_close_with_live_view_is_safe(regions):
     assert b.mm.closed and not os.path.exists(b.path)
 
 
-# ---- PeerBlock -------------------------------------------------------------------------------------------
+# ---- futex waits -----------------------------------------------------------------------------------------
+
+needs_futex = pytest.mark.skipif(shm._LIBC is None, reason="no futex syscall here (sleep_until_changed naps instead)")
+
+
+def _words(regions, n=4):
+    region = shm.Region.create(4096)
+    if region is None:
+        pytest.skip("no room in /dev/shm")
+    regions.append(region)
+    return region.view(np.int32, (n,), shm.ALIGN)
+
+
+@needs_shm
+def test_sleep_until_changed_returns_at_once_when_the_word_already_differs(regions):
+    words = _words(regions)
+    words[1] = 5
+    start = time.perf_counter()
+    shm.sleep_until_changed(words, 1, 4, 2.0)
+    assert time.perf_counter() - start < 0.2
+
+
+@needs_shm
+@needs_futex
+def test_sleep_until_changed_sleeps_without_the_cpu_until_the_timeout(regions):
+    words = _words(regions)
+    words[2] = 7
+    wall, cpu = time.perf_counter(), time.thread_time()
+    shm.sleep_until_changed(words, 2, 7, 0.3)
+    wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+    assert 0.25 <= wall < 1.5
+    assert cpu < 0.2 * wall, (cpu, wall)
+
+
+@needs_shm
+@needs_futex
+@pytest.mark.parametrize("store", [True, False], ids=["store+wake", "wake-only"])
+def test_wake_wakes_a_sleeper_promptly(regions, store):
+    words = _words(regions)
+    words[3] = 11
+    woke = []
+
+    def sleeper():
+        shm.sleep_until_changed(words, 3, 11, 5.0)
+        woke.append(time.perf_counter())
+
+    t = threading.Thread(target=sleeper, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.15)
+        assert not woke          # really asleep: nothing changed yet
+        if store:
+            words[3] = 12
+        waking = time.perf_counter()
+        shm.wake(words, 3)
+        t.join(3.0)
+        assert woke and woke[0] - waking < 0.5
+    finally:
+        shm.wake(words, 3)
+        t.join(3.0)
+    assert not t.is_alive()
+
+
+# ---- HostGroup -------------------------------------------------------------------------------------------
+
+WIDTH = 4
+
+
+@pytest.fixture
+def groups():
+    """``groups.create(n_local, size, ...)`` (skips where the host cannot share memory) and ``groups.attach(offer)``;
+    every group is closed afterwards, the creators' /dev/shm files unlinked, even when the test fails."""
+    made = []
+
+    class Factory:
+        @staticmethod
+        def create(n_local, size, dtype=np.float32, width=WIDTH):
+            if not os.path.isdir(shm.DIRECTORY):
+                pytest.skip("no /dev/shm on this host")
+            if not shm.ORDERED_STORES:
+                pytest.skip("host groups are only made on x86-64 (ordered stores)")
+            g = host.HostGroup.create(n_local, size, dtype, width)
+            if g is None:
+                pytest.skip("no room in /dev/shm")
+            made.append(g)
+            return g
+
+        @staticmethod
+        def attach(offer):
+            g = host.HostGroup.attach(offer)
+            if g is not None:
+                made.append(g)
+            return g
+
+    try:
+        yield Factory
+    finally:
+        paths = [g.region.path for g in made]
+        for g in reversed(made):
+            g.close()
+        for p in paths:
+            if os.path.exists(p):   # only if a creator did not unlink: never leave a file behind
+                os.unlink(p)
+                raise AssertionError(f"{p} was left in /dev/shm")
+
+
+def _members(groups, n_local, size, dtype=np.float32):
+    """The creator (worker 0's) and one attached mapping per other worker, as separate processes would have."""
+    leader = groups.create(n_local, size, dtype)
+    return [leader] + [groups.attach(leader.offer()) for _ in range(n_local - 1)]
+
+
+def _in_threads(members, fn, timeout=10.0):
+    """Run ``fn(group, j)`` for every worker j in its own thread with its own group; returns the results. An error
+    aborts the host (so the others stop waiting) and is raised here."""
+    results, errors = [None] * len(members), []
+
+    def run(j):
+        try:
+            results[j] = fn(members[j], j)
+        except BaseException as e:
+            errors.append(e)
+            members[j].abort()
+
+    threads = [threading.Thread(target=run, args=(j,), daemon=True) for j in range(len(members))]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(deadline - time.monotonic(), 0.01))
+    if any(t.is_alive() for t in threads):
+        members[0].abort()
+        for t in threads:
+            t.join(5.0)
+        raise AssertionError(f"worker threads still running after {timeout} s")
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _weighted(slots, weights):
+    return sum(w * np.asarray(s, np.float64) for s, w in zip(slots, weights) if w)
+
+
+def test_host_group_attach_maps_the_same_slots(groups):
+    a = groups.create(3, 37, np.float32, 5)
+    offer = a.offer()
+    assert offer["workers"] == 3 and offer["size"] == 37 and offer["dtype"] == "float32" and offer["width"] == 5
+    b = groups.attach(offer)
+    assert b is not None and b.region.path == a.region.path and b.shares == a.shares
+    assert a.shares == [(0, 12), (12, 24), (24, 37)]
+    assert list(a.words) == [host._BEFORE] * 7 + [0]                 # done[3], ready[3], ring, abort
+    assert [s.shape for s in b.slots] == [(37,)] * 3 and b.rows.shape == (3, 5) and b.partial.dtype == np.float32
+    rng = np.random.default_rng(1)
+    for j in range(3):                                               # a's writes are seen through b ...
+        a.slots[j][:] = rng.standard_normal(37).astype(np.float32)
+        np.testing.assert_array_equal(b.slots[j], a.slots[j])
+    b.partial[:] = np.arange(37)                                     # ... and b's through a
+    b.rows[2] = [1.5, 2.5, 3.5, 4.5, 5.5]
+    b.words[4] = 9
+    np.testing.assert_array_equal(a.partial, np.arange(37, dtype=np.float32))
+    np.testing.assert_array_equal(a.rows[2], [1.5, 2.5, 3.5, 4.5, 5.5])
+    assert a.words[4] == 9
+    # no two parts of the layout overlap, and all of them lie inside the region
+    views = [a.words, a.rows, a.partial] + a.slots
+    spans = sorted((v.__array_interface__["data"][0], v.nbytes) for v in views)
+    for (start, n), (nxt, _) in zip(spans, spans[1:]):
+        assert start + n <= nxt
+    for j in range(3):
+        a.slots[j][:] = j + 1
+    np.testing.assert_array_equal(b.partial, np.arange(37, dtype=np.float32))   # untouched by the slot writes
+    np.testing.assert_array_equal(b.rows[2], [1.5, 2.5, 3.5, 4.5, 5.5])
+    assert a.region.size == host.HostGroup.nbytes(3, 37, np.float32, 5)
+    # an attached mapping does not unlink; the creator does
+    path = a.region.path
+    b.close()
+    assert os.path.exists(path)
+    a.close()
+    assert not os.path.exists(path)
+    assert groups.attach(offer) is None      # gone: nobody can map it any more
+
+
+def test_host_group_attach_refuses_junk_offers(groups):
+    a = groups.create(2, 100, np.float32, WIDTH)
+    good = a.offer()
+    region = good["region"]
+    junk = [
+        None, {}, [], "offer",
+        {k: v for k, v in good.items() if k != "region"},
+        {k: v for k, v in good.items() if k != "workers"},
+        {k: v for k, v in good.items() if k != "dtype"},
+        {k: v for k, v in good.items() if k != "width"},
+        {k: v for k, v in good.items() if k != "size"},
+        dict(good, region={k: v for k, v in region.items() if k != "token"}),
+        dict(good, region=dict(region, token=secrets.token_hex(16))),            # wrong token
+        dict(good, region=dict(region, extra=1)),
+        dict(good, region="x"),
+        dict(good, size=1000),                                                   # wrong size
+        dict(good, size=10),
+        dict(good, workers=3),                                                   # another layout
+        dict(good, workers="two"),
+        dict(good, dtype="float64"),                                             # wrong dtype
+        dict(good, dtype="no-such-dtype"),
+        dict(good, dtype="object"),
+        dict(good, width=WIDTH + 20),                                            # wrong width
+        dict(good, width=None),
+    ]
+    for offer in junk:
+        assert groups.attach(offer) is None, offer
+    again = groups.attach(good)   # the genuine offer still maps after all of that
+    assert again is not None
+    again.slots[1][:] = 3.0
+    np.testing.assert_array_equal(a.slots[1], np.full(100, 3.0, np.float32))
+
+
+def test_host_group_attach_refuses_a_layout_of_the_same_byte_count(groups):
+    a = groups.create(3, 37, np.float32, WIDTH)
+    good = a.offer()
+    accepted = [(k, v) for k, v in (("size", 38), ("dtype", "int32"), ("width", WIDTH + 1))
+                if groups.attach(dict(good, **{k: v})) is not None]
+    assert accepted == []
+
+
+def _average_rounds(members, size, rounds, rng):
+    """Every worker trains (writes fresh values into its slot), publishes, waits and takes its share of the weighted
+    average, for each of ``rounds``; returns the slot values and weights per round and what each worker saw."""
+    n_local = len(members)
+    data = [[rng.uniform(-1, 1, size).astype(members[0].dtype) for _ in range(n_local)] for _ in rounds]
+    weights = []
+    for _ in rounds:
+        n = rng.integers(1, 100, n_local)
+        weights.append(list(n / n.sum()))
+    rows = [[rng.standard_normal(WIDTH) for _ in range(n_local)] for _ in rounds]
+
+    def worker(g, j):
+        seen = []
+        for k, rnd in enumerate(rounds):
+            g.slots[j][:] = data[k][j]
+            g.publish(j, rnd, rows[k][j])
+            g.wait_published(rnd, 5.0)
+            seen_rows = g.rows.copy()
+            g.average_shares(j, rnd, weights[k], 5.0)
+            seen.append((seen_rows, g.slots[j].copy()))
+        return seen
+
+    return data, weights, rows, _in_threads(members, worker)
+
+
+@pytest.mark.parametrize("n_local,dtype", [(2, np.float32), (3, np.float32), (2, np.float64)])
+def test_average_shares_leave_every_slot_with_the_weighted_average(groups, n_local, dtype):
+    size = 1001   # not divisible by 2 or 3: the shares differ in length
+    members = _members(groups, n_local, size, dtype)
+    rng = np.random.default_rng(20 + n_local)
+    rounds = [7, 8]
+    data, weights, rows, seen = _average_rounds(members, size, rounds, rng)
+    for k in range(len(rounds)):
+        ref = _weighted(data[k], weights[k])
+        assert not np.allclose(ref, np.mean(data[k], axis=0), atol=1e-3)     # the weights matter
+        for j in range(n_local):
+            seen_rows, slot = seen[j][k]
+            np.testing.assert_array_equal(seen_rows, np.stack(rows[k][:n_local]))   # every worker saw every row
+            assert slot.dtype == dtype
+            np.testing.assert_allclose(slot, ref, rtol=1e-6, atol=1e-6)
+            assert slot.tobytes() == seen[0][k][1].tobytes()                   # bitwise the same everywhere
+    final = [np.array(s) for s in members[0].slots]
+    for s in final:
+        assert s.tobytes() == final[0].tobytes()
+    np.testing.assert_allclose(final[0], _weighted(data[-1], weights[-1]), rtol=1e-6, atol=1e-6)
+    assert list(members[0].words[:2 * n_local]) == [rounds[-1]] * (2 * n_local)
+
+
+def test_a_worker_of_weight_zero_adds_nothing_even_with_inf_and_nan(groups):
+    size = 50
+    members = _members(groups, 3, size)
+    rng = np.random.default_rng(31)
+    data = [rng.uniform(-1, 1, size).astype(np.float32) for _ in range(3)]
+    data[1] = np.tile(np.array([np.inf, np.nan, -np.inf, 1e38], np.float32), size // 4 + 1)[:size]
+    weights = [0.3, 0.0, 0.7]
+
+    def worker(g, j):
+        g.slots[j][:] = data[j]
+        g.publish(j, 0, np.zeros(WIDTH))
+        g.wait_published(0, 5.0)
+        g.average_shares(j, 0, weights, 5.0)
+        return g.slots[j].copy()
+
+    out = _in_threads(members, worker)
+    ref = 0.3 * data[0].astype(np.float64) + 0.7 * data[2].astype(np.float64)
+    for slot in out:
+        assert np.isfinite(slot).all()
+        np.testing.assert_allclose(slot, ref, rtol=1e-6, atol=1e-6)
+        assert slot.tobytes() == out[0].tobytes()
+
+
+def test_partial_shares_sum_into_p_and_non_leaders_wait_for_the_ring(groups):
+    size, rnd = 1001, 4
+    members = _members(groups, 3, size)
+    rng = np.random.default_rng(41)
+    data = [rng.uniform(-1, 1, size).astype(np.float32) for _ in range(3)]
+    n = rng.integers(1, 100, 5)               # two more workers on other hosts hold the rest of the weight
+    weights = list(n[:3] / n.sum())
+    ring_s = 0.2
+    times = {}
+
+    def worker(g, j):
+        g.slots[j][:] = data[j]
+        g.publish(j, rnd, np.full(WIDTH, j, np.float64))
+        g.wait_published(rnd, 5.0)
+        g.partial_shares(j, rnd, weights, 5.0)
+        if j == 0:
+            p = g.partial.copy()          # P is whole once partial_shares returns
+            time.sleep(ring_s)            # the leader all-reduces P with the other hosts ...
+            g.partial *= 3                # ... which changes it
+            times["done"] = time.perf_counter()
+            g.ring_done(rnd)
+        else:
+            g.wait_ring(rnd, 5.0)
+            times[j] = time.perf_counter()
+            p = None
+        np.copyto(g.slots[j], g.partial)
+        return p
+
+    start = time.perf_counter()
+    p = _in_threads(members, worker)[0]
+    ref = _weighted(data, weights)
+    np.testing.assert_allclose(p, ref, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(p, _weighted(data, np.array(weights) / sum(weights)), atol=1e-3)   # a sum, not the mean
+    for j in (1, 2):
+        assert times[j] >= times["done"], "a non-leader returned from wait_ring before ring_done"
+        assert times[j] - start >= ring_s
+    for slot in members[0].slots:
+        assert slot.tobytes() == (p * np.float32(3)).tobytes()
+    # the ring word holds the last all-reduced round: older rounds do not wait, newer ones do
+    start = time.perf_counter()
+    members[1].wait_ring(rnd, 0.1)
+    members[2].wait_ring(rnd - 3, 0.1)
+    assert time.perf_counter() - start < 0.1
+    with pytest.raises(TimeoutError, match=f"did not finish averaging round {rnd + 2} "):
+        members[1].wait_ring(rnd + 1, 0.1)
+
+
+def test_partial_shares_of_a_host_whose_workers_all_idled_are_zero(groups):
+    members = _members(groups, 2, 30)
+    for j, g in enumerate(members):
+        g.slots[j][:] = np.nan
+        g.partial[:] = 5.0
+
+    def worker(g, j):
+        g.publish(j, 0, np.zeros(WIDTH))
+        g.wait_published(0, 5.0)
+        g.partial_shares(j, 0, [0.0, 0.0], 5.0)
+
+    _in_threads(members, worker)
+    np.testing.assert_array_equal(members[0].partial, np.zeros(30, np.float32))
+
+
+@pytest.mark.parametrize("what", ["publish", "ring_done"])
+def test_a_store_wakes_a_sleeping_waiter(groups, monkeypatch, what):
+    """With naps of 10 s, a waiter that returns promptly was woken by the store's futex wake."""
+    monkeypatch.setattr(host, "_NAP_S", 10.0)
+    a, b = _members(groups, 2, 10)
+    a.publish(0, 3, np.zeros(WIDTH))
+    returned = []
+
+    def waiter():
+        try:
+            if what == "publish":
+                b.wait_published(3, 20.0)
+            else:
+                b.wait_ring(3, 20.0)
+            returned.append(time.perf_counter())
+        except BaseException as e:
+            returned.append(e)
+
+    t = threading.Thread(target=waiter, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.15)
+        assert not returned
+        stored = time.perf_counter()
+        if what == "publish":
+            a.publish(1, 3, np.ones(WIDTH))
+        else:
+            a.ring_done(3)
+        t.join(3.0)
+        assert returned and not isinstance(returned[0], BaseException), returned
+        assert returned[0] - stored < 0.5
+    finally:
+        a.abort()
+        t.join(3.0)
+    assert not t.is_alive()
+
+
+def test_abort_from_another_thread_stops_a_waiting_worker_quickly(groups, monkeypatch):
+    monkeypatch.setattr(host, "_NAP_S", 10.0)    # only the abort's wake can end the sleep in time
+    a, b = _members(groups, 2, 10)
+    a.publish(0, 3, np.zeros(WIDTH))           # worker 1 never publishes
+    outcome = []
+
+    def waiter():
+        try:
+            b.wait_published(3, 20.0)
+            outcome.append("returned")
+        except BaseException as e:
+            outcome.append((e, time.perf_counter()))
+
+    t = threading.Thread(target=waiter, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.15)
+        assert not outcome
+        aborting = time.perf_counter()
+        a.abort()
+        t.join(3.0)
+        assert outcome, "still waiting 3 s after the abort"
+        error, when = outcome[0]
+        assert isinstance(error, host.Aborted) and "aborted" in str(error)
+        assert when - aborting < 1.0
+    finally:
+        a.abort()
+        t.join(3.0)
+    assert not t.is_alive()
+    # the abort stays: any later wait of any worker of the host fails at once instead of timing out
+    start = time.perf_counter()
+    with pytest.raises(host.Aborted):
+        a.wait_ring(5, 5.0)
+    assert time.perf_counter() - start < 0.5
+
+
+def test_a_wait_with_nobody_publishing_times_out_naming_the_round_and_sleeps(groups):
+    a, b = _members(groups, 2, 10)
+    a.publish(0, 2, np.zeros(WIDTH))           # worker 1 has not published round 2 (the fit's 3rd)
+    timeout = 0.5
+    wall, cpu = time.perf_counter(), time.thread_time()
+    with pytest.raises(TimeoutError, match=r"worker 1 of this host has not trained round 3 within 0\.5 s"):
+        b.wait_published(2, timeout)
+    wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+    assert timeout <= wall < timeout + 0.7
+    assert cpu < 0.2 * wall, f"the wait used {cpu:.3f} s of CPU in {wall:.3f} s"
+
+
+class _FailingControl:
+    """A driver connection whose check() raises on its ``at``-th call."""
+
+    class Gone(RuntimeError):
+        pass
+
+    def __init__(self, at):
+        self.at, self.calls = at, 0
+
+    def check(self):
+        self.calls += 1
+        if self.calls >= self.at:
+            raise self.Gone("the driver went away")
+
+
+@pytest.mark.parametrize("wait", ["wait_published", "average_shares", "wait_ring"])
+def test_a_failing_driver_connection_ends_a_wait(groups, wait):
+    a, b = _members(groups, 2, 10)
+    control = _FailingControl(at=2)
+    calls = {"wait_published": lambda: b.wait_published(0, 10.0, control),
+             "average_shares": lambda: b.average_shares(1, 0, [0.5, 0.5], 10.0, control),
+             "wait_ring": lambda: b.wait_ring(0, 10.0, control)}
+    start = time.perf_counter()
+    with pytest.raises(_FailingControl.Gone, match="went away"):
+        calls[wait]()
+    assert control.calls == 2                      # checked between naps, not only at the deadline
+    assert time.perf_counter() - start < 1.0
+
+
+def test_host_key_is_the_hostname_and_the_dev_shm_identity(monkeypatch):
+    real_stat = os.stat
+    key = host.host_key()
+    assert key.split("|")[0] == socket.gethostname()
+
+    def identity(dev, ino):
+        def stat(path, *args, **kwargs):
+            if path == shm.DIRECTORY:
+                if dev is None:
+                    raise FileNotFoundError(path)
+                return os.stat_result((0o40777, ino, dev, 2, 0, 0, 0, 0, 0, 0))
+            return real_stat(path, *args, **kwargs)
+        return stat
+
+    keys = {}
+    for ident in ((10, 20), (10, 21), (11, 20), (None, None)):
+        monkeypatch.setattr(os, "stat", identity(*ident))
+        keys[ident] = host.host_key()
+        assert keys[ident] == host.host_key()          # stable
+        assert keys[ident].startswith(socket.gethostname() + "|")
+    assert len(set(keys.values())) == 4
+    assert keys[(10, 20)] == f"{socket.gethostname()}|10:20"
+    assert keys[(None, None)].endswith("|none")
+    monkeypatch.setattr(os, "stat", identity(10, 20))
+    monkeypatch.setattr(socket, "gethostname", lambda: "another-host")
+    assert host.host_key() == "another-host|10:20"
+    monkeypatch.undo()
+    assert host.host_key() == key
+
+
+# ---- training in external buffers ------------------------------------------------------------------------
 
 def _model():
     model = Sequential([Dense(8, activation="relu"), BatchNormalization(), Dense(3)], input_shape=(5,), seed=0)

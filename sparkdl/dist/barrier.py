@@ -39,15 +39,16 @@ import numpy as np
 from . import schedule, shm, wire
 from .averaging import Contribution, Tally
 from .control import Control, ControlServer, WorkerLost
-from .host import HostGroup, host_key
+from .host import HostGroup
 from .master import Master, register
 from .ring import Ring
+from .spill import is_spilled
 
 log = logging.getLogger("sparkdl")
 
 # a worker's timing record for one round, as sent to the driver
 FIELDS = ("round", "epoch", "start", "read_s", "load_s", "fit_s", "wait_s", "ring_s", "ship_s", "n", "steps",
-          "sent", "received")
+          "sent", "received", "memory")
 
 
 def block_parts(model, average_optimizer_state):
@@ -174,7 +175,8 @@ def worker_main(ctx, spec, x, y, read_s=0.0):
     size = sum(n for _, n in parts)
     tally = Tally(model)
     n_rows = len(x)
-    x, y = model.xp.asarray(x), model.xp.asarray(y)   # resident for the whole fit (on the GPU with cupy)
+    if not is_spilled(x):
+        x, y = model.xp.asarray(x), model.xp.asarray(y)   # resident for the whole fit (on the GPU with cupy)
     own = (model.params, model.state, opt.state_buffer)   # the model is cached in this process: restored below
     listener = group = control = ring = None
     try:
@@ -253,18 +255,23 @@ def _train(rank, model, x, y, spec, start, sync, control, views, read_s, device)
     from .worker import fit_round
     g, per_epoch, total = start["round"], start["rounds_per_epoch"], start["total_rounds"]
     iterations, sizes, fetch = start["iterations"], start["sizes"], set(start["fetch"])
-    n_rows = len(x)
+    n_rows, spilled = len(x), is_spilled(x)
     order_epoch, pending, records = None, [], []
     sent0 = received0 = 0
     while g < total:
         epoch, r = divmod(g, per_epoch)
         if epoch != order_epoch:   # one shuffle per epoch (0.5 ms for 30k rows: too much to redo every round)
-            order, order_epoch = schedule.epoch_order(n_rows, spec["seed"], epoch, rank, spec["shuffle"]), epoch
+            if spilled:   # minibatch blocks of the memory-mapped partition
+                order = schedule.block_order(n_rows, batch, spec["seed"], epoch, rank, spec["shuffle"])
+            else:
+                order = schedule.epoch_order(n_rows, spec["seed"], epoch, rank, spec["shuffle"])
+            order_epoch = epoch
         record = {"round": g, "epoch": epoch, "start": time.time(), "read_s": read_s}
         read_s = 0.0
         control.check()
-        res = fit_round(model, x, y, schedule.round_batches(order, batch, freq, r), None, None, None, iterations,
-                        spec["average_optimizer_state"], record, copy=False)
+        batches = schedule.round_blocks(order, freq, r) if spilled else schedule.round_batches(order, batch, freq, r)
+        res = fit_round(model, x, y, batches, None, None, None, iterations, spec["average_optimizer_state"], record,
+                        copy=False)
         ns = [schedule.round_examples(n, batch, freq, r) for n in sizes]
         weights = [n / sum(ns) for n in ns]
         if device:
@@ -283,6 +290,7 @@ def _train(rank, model, x, y, spec, start, sync, control, views, read_s, device)
         record.update(ship_s=time.perf_counter() - t, sent=sent - sent0 + control.sent, received=received - received0)
         sent0, received0, control.sent = sent, received, 0
         if spec["collect_stats"]:
+            record["memory"] = _private_memory()
             records.append([record.get(f, 0.0) for f in FIELDS])
         if g in fetch:
             if sync.leader:   # the leaders' summed ranges make up the model once
@@ -298,6 +306,19 @@ def _train(rank, model, x, y, spec, start, sync, control, views, read_s, device)
             break
         g += 1
     control.send({"type": "bye", "round": min(g, total - 1)})
+
+
+def _private_memory():
+    """This process's anonymous resident memory in bytes (Linux): what it holds that the kernel cannot drop, unlike
+    the pages of a memory-mapped partition; 0 where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _stopped(control, pending, g, timeout):
@@ -331,8 +352,8 @@ class BarrierDriver:
     """The driver's side: a control server, the fit's secret, and the loop that follows the workers' rounds."""
 
     def __init__(self, run, n_workers, host="127.0.0.1", ports=None, timeout=600.0, shared_memory=True,
-                 collect_stats=True, advertise=None):
-        self.run, self.n_workers, self.timeout = run, n_workers, timeout
+                 collect_stats=True, advertise=None, memory_budget=None):
+        self.run, self.n_workers, self.timeout, self.memory_budget = run, n_workers, timeout, memory_budget
         self.shared_memory, self.collect_stats = shared_memory, collect_stats
         self.secret = secrets.token_bytes(32)
         self.server = ControlServer(self.secret, host, timeout, ports=ports, advertise=advertise)
@@ -350,7 +371,8 @@ class BarrierDriver:
                 "seed": master.seed, "shuffle": master.shuffle, "batch_size_per_worker": master.batch_size_per_worker,
                 "averaging_frequency": master.averaging_frequency,
                 "average_optimizer_state": master.average_optimizer_state, "timeout": self.timeout,
-                "shared_memory": self.shared_memory, "ports": ports, "collect_stats": self.collect_stats}
+                "shared_memory": self.shared_memory, "ports": ports, "collect_stats": self.collect_stats,
+                "memory_budget": self.memory_budget}
 
     def serve(self):
         run = self.run
@@ -476,7 +498,8 @@ class Barrier(Master):
         import threading
         launcher.check_barrier()
         driver = BarrierDriver(run, launcher.num_workers, launcher.bind_host, options.ports, options.server_timeout,
-                               options.shared_memory, options.collect_stats, advertise=launcher.driver_host)
+                               options.shared_memory, options.collect_stats, advertise=launcher.driver_host,
+                               memory_budget=launcher.memory_budget(options.memory_budget))
         failure = []
 
         def serve():

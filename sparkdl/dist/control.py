@@ -32,7 +32,7 @@ class Aborted(RuntimeError):
 
 
 def _kind(header):
-    return header.get("type") if header.get("type") in ("model", "stats") else "control"
+    return {"model": "model", "start": "model", "stats": "stats"}.get(header.get("type"), "control")
 
 
 class ControlServer:
@@ -68,7 +68,7 @@ class ControlServer:
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     self.joined.put((header, conn))
                     return
-        except (OSError, wire.WireError, ValueError):
+        except (OSError, wire.WireError, ValueError, TypeError):
             pass
         self.refused += 1
         conn.close()
@@ -79,23 +79,29 @@ class ControlServer:
         self.drop_workers()
         deadline = time.monotonic() + self.timeout
         workers = {}
-        while len(workers) < n:
-            if self.closed:
-                raise RuntimeError("the control server was closed while it waited for workers")
-            try:
-                header, conn = self.joined.get(timeout=min(max(deadline - time.monotonic(), 0.001), 0.5))
-            except queue.Empty:
-                if time.monotonic() < deadline:
+        try:
+            while len(workers) < n:
+                if self.closed:
+                    raise RuntimeError("the control server was closed while it waited for workers")
+                try:
+                    header, conn = self.joined.get(timeout=min(max(deadline - time.monotonic(), 0.001), 0.5))
+                except queue.Empty:
+                    if time.monotonic() < deadline:
+                        continue
+                    missing = sorted(set(range(n)) - set(workers))
+                    raise TimeoutError(f"workers {missing} of {n} did not connect to the driver within "
+                                       f"{self.timeout:.3g} s (server_timeout)") from None
+                w, attempt = header["worker"], header.get("attempt", 0)
+                if attempt < min_attempt or not 0 <= w < n or (w in workers and workers[w][0].get("attempt", 0) > attempt):
+                    conn.close()   # an older attempt's late hello never replaces a newer one
                     continue
-                raise TimeoutError(f"only workers {sorted(workers)} of {n} connected to the driver within "
-                                   f"{self.timeout:.0f} s (server_timeout)") from None
-            w = header["worker"]
-            if header.get("attempt", 0) < min_attempt or not 0 <= w < n:
+                if w in workers:
+                    workers[w][1].close()  # a newer attempt of the same worker replaces the old one
+                workers[w] = (header, conn)
+        except BaseException:
+            for _, conn in workers.values():
                 conn.close()
-                continue
-            if w in workers:
-                workers[w][1].close()  # a newer attempt of the same worker replaces the old one
-            workers[w] = (header, conn)
+            raise
         self.workers = workers
         self._inbox = {w: collections.deque() for w in workers}
         self._finished = {}
@@ -179,6 +185,11 @@ class ControlServer:
             return
         self.closed = True
         self.drop_workers()
+        while True:   # handshaken connections nobody took
+            try:
+                self.joined.get_nowait()[1].close()
+            except queue.Empty:
+                break
         try:
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() thread
         except OSError:

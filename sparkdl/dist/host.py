@@ -12,6 +12,7 @@ Every wait spins for at most ``SPIN_S`` and then sleeps on a futex, so a worker 
 leaves its core to them (or to whatever else the executor's host runs).
 """
 import os
+import struct
 import time
 
 import numpy as np
@@ -23,6 +24,7 @@ _NAP_S = 0.05       # longest single sleep: between two, the driver's connection
 # int32 words: done[L], ready[L], ring (the leader's last all-reduced round), abort
 _DONE, _READY = 0, 1
 _BEFORE = -2 ** 30   # the words' value before any round (the fit's first round is only known later)
+_STAMP, _LAYOUT = struct.Struct("<4q"), 16   # the layout (workers, size, dtype, width), after the region's token
 
 
 class Aborted(RuntimeError):
@@ -49,7 +51,6 @@ class HostGroup:
         self._ring, self._abort = 2 * n_local, 2 * n_local + 1
         self.shares = [(j * size // n_local, (j + 1) * size // n_local) for j in range(n_local)]
         self._scratch = None
-        self.waited_s = 0.0   # time spent waiting for the other workers of the host, since the last reset
 
     @staticmethod
     def nbytes(n_local, size, dtype, width):
@@ -67,7 +68,11 @@ class HostGroup:
         group = cls(region, n_local, size, dtype, width)
         group.words[:] = _BEFORE
         group.words[group._abort] = 0
+        region.mm[_LAYOUT:_LAYOUT + _STAMP.size] = group._stamp()
         return group
+
+    def _stamp(self):
+        return _STAMP.pack(self.n_local, self.size, self.dtype.num, self.width)
 
     def offer(self):
         return {"region": self.region.offer(), "workers": self.n_local, "size": self.size,
@@ -82,8 +87,11 @@ class HostGroup:
             args = (int(offer["workers"]), int(offer["size"]), np.dtype(offer["dtype"]), int(offer["width"]))
             if region is None or region.size != cls.nbytes(*args):
                 raise ValueError("not the offered layout")
-            return cls(region, *args)
-        except (KeyError, TypeError, ValueError):
+            group = cls(region, *args)
+            if bytes(region.mm[_LAYOUT:_LAYOUT + _STAMP.size]) != group._stamp():   # what the leader laid out
+                raise ValueError("not the offered layout")
+            return group
+        except (KeyError, TypeError, ValueError, struct.error):
             if region is not None:
                 region.close()
             return None
@@ -171,7 +179,6 @@ class HostGroup:
         start = time.perf_counter()
         while time.perf_counter() - start < SPIN_S:
             if ready():
-                self.waited_s += time.perf_counter() - start
                 return
         deadline = start + timeout
         while True:
@@ -186,7 +193,6 @@ class HostGroup:
             if control is not None:
                 control.check()
             shm.sleep_until_changed(self.words, word, value, min(_NAP_S, deadline - now))
-        self.waited_s += time.perf_counter() - start
 
     def close(self):
         self.slots = self.partial = self.rows = self.words = self._scratch = None

@@ -42,6 +42,10 @@ class Options:
         them then joining the ring between hosts (sparkdl.dist.barrier); a host takes (workers + 1) x (params +
         layer state + optimizer state) of /dev/shm (2.8 MB each for a 235k-parameter model with Adam),
         and where it has no room its workers join the ring one by one. False: every worker joins the ring.
+    memory_budget: barrier mode: bytes of a worker's partition it keeps in memory; a larger partition goes to a
+        memory-mapped file on local disk and its epochs shuffle minibatch blocks instead of rows
+        (sparkdl.dist.spill). Default: half of what Python may use on an executor (spark.executor.pyspark.memory,
+        else its memory overhead) shared by its task slots; in local mode half of the machine's memory.
     ports: barrier mode: the port range ("40000-40100" or (40000, 40100)) the driver and the workers listen on,
         for clusters whose firewalls open only some ports; default any free port.
     """
@@ -49,7 +53,8 @@ class Options:
     def __init__(self, num_workers=None, batch_size_per_worker=32, averaging_frequency=5,
                  average_optimizer_state=True, aggregation_depth=2, repartition="always",
                  storage_level="MEMORY_AND_DISK", export_dir=None, seed=None, shuffle=True, collect_stats=True,
-                 mode="jobs", backend="auto", server_timeout=600.0, shared_memory=True, ports=None):
+                 mode="jobs", backend="auto", server_timeout=600.0, shared_memory=True, ports=None,
+                 memory_budget=None):
         self.num_workers = _int(num_workers, "num_workers", allow_none=True)
         self.batch_size_per_worker = _int(batch_size_per_worker, "batch_size_per_worker")
         self.averaging_frequency = _int(averaging_frequency, "averaging_frequency")
@@ -74,6 +79,7 @@ class Options:
         self.server_timeout = float(server_timeout)
         self.shared_memory = bool(shared_memory)
         self.ports = parse_ports(ports)
+        self.memory_budget = _int(memory_budget, "memory_budget", minimum=0, allow_none=True)
 
     def options(self):
         return dict(vars(self))

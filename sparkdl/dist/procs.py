@@ -76,6 +76,9 @@ class ProcessLauncher:
     def check_barrier(self):
         pass
 
+    def memory_budget(self, given=None):
+        return given   # None: every shard stays in memory
+
     def cancel(self):
         self.cancelled = True
         self._stop()
@@ -149,8 +152,17 @@ def main(argv):
     rank, size, attempt = int(rank), int(size), int(attempt)
     with open(os.path.join(directory, "spec.json")) as f:
         spec = json.load(f)
-    x = np.load(os.path.join(directory, f"x-{rank}.npy"), allow_pickle=False)
+    x = np.load(os.path.join(directory, f"x-{rank}.npy"), allow_pickle=False, mmap_mode="r")
     y = np.load(os.path.join(directory, f"y-{rank}.npy"), allow_pickle=False)
+    if spec.get("memory_budget") is None:
+        x = np.array(x)
+    else:   # as a Spark task would: the shard arrives in batches, kept in memory up to the budget
+        from .spill import Spiller
+        spiller = Spiller(int(np.prod(x.shape[1:])), y.dtype, spec["memory_budget"], spec["batch_size_per_worker"],
+                          os.path.join(directory, f"spill-{rank}"))
+        for start in range(0, len(x), 10000):
+            spiller.add(x[start:start + 10000], y[start:start + 10000])
+        x, y = spiller.finish(x.shape[1:])
     from ..backend import resolve
     from .barrier import worker_main
     spec["backend"] = resolve(spec["backend"], (), local=True)

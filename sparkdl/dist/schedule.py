@@ -38,3 +38,20 @@ def round_examples(n_rows, batch_size, averaging_frequency, round_in_epoch):
 
 def global_round(epoch, round_in_epoch, rounds_in_epoch):
     return epoch * rounds_in_epoch + round_in_epoch
+
+
+def block_order(n_rows, batch_size, seed, epoch, worker, shuffle=True):
+    """A spilled partition's epoch (sparkdl.dist.spill): the order of its minibatches, each a contiguous block of
+    ``batch_size`` rows; the last, shorter block stays last, so each round covers as many rows as with
+    ``epoch_order``."""
+    n = batches_per_epoch(n_rows, batch_size)
+    full = n - (1 if n_rows % batch_size else 0)
+    head = np.random.default_rng([0 if seed is None else seed, epoch, worker]).permutation(full) if shuffle \
+        else np.arange(full)
+    return np.concatenate([head, np.arange(full, n)]).astype(np.int64)
+
+
+def round_blocks(order, averaging_frequency, round_in_epoch):
+    """The minibatch ids of a spilled partition for one round (``block_order``'s share of it)."""
+    start = round_in_epoch * averaging_frequency
+    return [int(k) for k in order[start:start + averaging_frequency]]

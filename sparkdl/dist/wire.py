@@ -70,11 +70,15 @@ def recv_sized(sock, max_bytes=1 << 34):
     try:
         header = json.loads(bytes(_recv_exact(sock, length)))
         meta = header.pop("arrays")
-    except (ValueError, KeyError, AttributeError) as e:
+        if not isinstance(meta, list) or not all(isinstance(m, list) and len(m) == 3 and isinstance(m[2], list)
+                                                 for m in meta):
+            raise ValueError(f"'arrays' must list [name, dtype, shape] triples, not {meta!r}"[:200])
+    except (ValueError, KeyError, AttributeError, TypeError) as e:
         raise WireError(f"malformed header: {e}") from None
     arrays, total = {}, 0
     for name, dtype, shape in meta:
-        if dtype not in DTYPES or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if not isinstance(dtype, str) or dtype not in DTYPES or \
+                not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise WireError(f"array {name!r}: bad dtype {dtype!r} or shape {shape!r}")
         nbytes = int(np.prod(shape)) * DTYPES[dtype].itemsize
         total += nbytes
@@ -106,15 +110,21 @@ def parse_ports(ports):
     """None (any free port) or an inclusive (low, high) range, also given as "low-high" or one port."""
     if ports is None:
         return None
+    given, lo = ports, None
     try:
         if isinstance(ports, str):
-            lo, _, hi = ports.partition("-")
-            ports = (int(lo), int(hi or lo))
-        lo, hi = (int(p) for p in ports)
+            low, dash, high = ports.strip().partition("-")
+            parts = (low, high) if dash else (low, low)
+        elif isinstance(ports, int) and not isinstance(ports, bool):
+            parts = (ports, ports)
+        else:
+            parts = tuple(ports)
+        if len(parts) == 2 and all(isinstance(p, (int, str)) and not isinstance(p, bool) for p in parts):
+            lo, hi = (int(p) for p in parts)
     except (TypeError, ValueError):
-        lo = hi = None
+        lo = None
     if lo is None or not 1 <= lo <= hi <= 65535:
-        raise ValueError(f"ports must be None, a port or a range 'low-high' within 1-65535. Received: ports={ports!r}")
+        raise ValueError(f"ports must be None, a port or a range 'low-high' within 1-65535. Received: ports={given!r}")
     return lo, hi
 
 

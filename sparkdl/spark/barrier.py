@@ -1,7 +1,11 @@
 """What barrier mode (sparkdl.dist.barrier) needs of Spark: one barrier stage of ``num_workers`` tasks, each
-converting its partition to numpy once and running ``worker_main`` with the task's rendezvous
-(BarrierTaskContext.allGather) and its executor's address. The shuffle after the stage makes it a
-ShuffleMapStage, which Spark retries as a whole when a task fails."""
+converting its partition to numpy once (or to a memory-mapped file past its memory budget: sparkdl.dist.spill)
+and running ``worker_main`` with the task's rendezvous (BarrierTaskContext.allGather) and its executor's
+address. The shuffle after the stage makes it a ShuffleMapStage, which Spark retries as a whole when a task
+fails."""
+import os
+
+MIB = 1 << 20
 
 
 def check_cluster(sc, n_workers):
@@ -23,6 +27,39 @@ def driver_addresses(sc):
         return "127.0.0.1", "127.0.0.1"
     host = conf.get("spark.driver.host", "127.0.0.1")
     return conf.get("spark.driver.bindAddress", host), host
+
+
+def memory_budget(sc, n_workers):
+    """The default ``memory_budget`` of a worker: half of what Python may use on its executor
+    (spark.executor.pyspark.memory, else the memory overhead: max(384 MiB, 10% of spark.executor.memory), as on
+    YARN and Kubernetes) shared by the executor's task slots; in local mode half of this machine's memory shared
+    by the workers."""
+    from ..dist.spill import default_budget
+    conf = sc.getConf()
+    if sc.master.startswith("local"):
+        return default_budget(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), n_workers)
+    python = conf.get("spark.executor.pyspark.memory", None) or conf.get("spark.executor.memoryOverhead", None)
+    total = _mib(python) if python else max(384 * MIB, _mib(conf.get("spark.executor.memory", "1g")) // 10)
+    slots = int(conf.get("spark.executor.cores", "1")) // max(int(conf.get("spark.task.cpus", "1")), 1)
+    return default_budget(total, slots)
+
+
+def _mib(text):
+    """Bytes of a Spark memory setting ("512m", "2g", "1024": MiB by default)."""
+    text = str(text).strip().lower().rstrip("b")
+    units = {"k": 1 << 10, "m": MIB, "g": 1 << 30, "t": 1 << 40}
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(float(text) * MIB)
+
+
+def local_dir():
+    """Where a task may spill: the executor's local directories (Spark's, else YARN's), else the temp dir."""
+    import tempfile
+    for name in ("SPARK_LOCAL_DIRS", "LOCAL_DIRS"):
+        if os.environ.get(name):
+            return os.environ[name].split(",")[0]
+    return tempfile.gettempdir()
 
 
 class TaskContext:
@@ -58,15 +95,18 @@ def _task(spec, input_shape, n_features, label_dtype, local):
         from pyspark import BarrierTaskContext
 
         from sparkdl.dist.barrier import worker_main
-        from sparkdl.spark.barrier import TaskContext
-        from sparkdl.spark.data import partition_to_numpy
+        from sparkdl.dist.spill import Spiller
+        from sparkdl.spark.barrier import TaskContext, local_dir
+        from sparkdl.spark.data import batch_to_numpy
         from sparkdl.spark.gpu import task_backend
 
         t0 = time.time()
         ctx = TaskContext(BarrierTaskContext.get())
-        x, y = partition_to_numpy(batches, n_features, label_dtype)
-        rows = worker_main(ctx, dict(spec, backend=task_backend(spec["backend"], local)),
-                           x.reshape((-1,) + tuple(input_shape)), y, time.time() - t0)
+        spiller = Spiller(n_features, label_dtype, spec["memory_budget"], spec["batch_size_per_worker"], local_dir())
+        for b in batches:
+            spiller.add(*batch_to_numpy(b, n_features))
+        x, y = spiller.finish(input_shape)
+        rows = worker_main(ctx, dict(spec, backend=task_backend(spec["backend"], local)), x, y, time.time() - t0)
         yield pa.record_batch([pa.array([ctx.rank], pa.int32()), pa.array([rows], pa.int64())],
                               names=["worker", "rows"])
     return task

@@ -20,6 +20,9 @@ class Launcher:
     def check_barrier(self):
         barrier.check_cluster(self.sc, self.num_workers)
 
+    def memory_budget(self, given=None):
+        return given if given is not None else barrier.memory_budget(self.sc, self.num_workers)
+
     def run_barrier(self, spec, run):
         barrier.run_barrier(self, spec, run)
 

@@ -1,0 +1,125 @@
+"""A barrier worker's partition on local disk, when it is larger than the worker's memory budget.
+
+The rows are collected in memory up to the budget; past it they are streamed to an Arrow IPC file in a local
+directory, one record batch per minibatch of ``batch_size`` rows, and the file is memory-mapped: the page cache
+holds what fits, the worker's own memory holds almost nothing. Each epoch then shuffles the order of the
+minibatches rather than the rows (``schedule.block_order``), so a minibatch is one contiguous record batch, read
+without a copy. The last, shorter minibatch stays last, so every round fits as many examples as with a row
+shuffle and the averaging weights are the same.
+"""
+import os
+import uuid
+
+import numpy as np
+import pyarrow as pa
+
+
+class Spiller:
+    """Feed a partition's rows with ``add(x, y)``; ``finish()`` gives (x, y): numpy arrays when they stayed within
+    ``budget`` bytes, else the two columns of a MinibatchFile. Past the budget rows are written as they come, in
+    minibatches sliced from the incoming arrays (only a minibatch that spans two of them is copied)."""
+
+    def __init__(self, n_features, label_dtype, budget, batch_size, directory):
+        self.n_features, self.label_dtype = n_features, np.dtype(label_dtype)
+        self.budget = float("inf") if budget is None else budget
+        self.batch_size, self.directory = batch_size, directory
+        self.held, self.bytes = [], 0
+        self.writer = self.path = self.carry = None
+
+    def add(self, x, y):
+        x = np.asarray(x, np.float32).reshape(-1, self.n_features)
+        y = np.asarray(y).astype(self.label_dtype, copy=False)
+        if self.writer is not None:
+            self._stream(x, y)
+            return
+        self.held.append((x, y))
+        self.bytes += x.nbytes + y.nbytes
+        if self.bytes > self.budget:
+            os.makedirs(self.directory, exist_ok=True)
+            self.path = os.path.join(self.directory, f"sparkdl-partition-{uuid.uuid4().hex}.arrow")
+            schema = pa.schema([("x", pa.list_(pa.float32(), self.n_features)),
+                                ("y", pa.from_numpy_dtype(self.label_dtype))])
+            self.writer = pa.ipc.new_file(self.path, schema)
+            held, self.held = self.held, []
+            for hx, hy in held:
+                self._stream(hx, hy)
+
+    def _stream(self, x, y):
+        start, b = 0, self.batch_size
+        if self.carry is not None:   # complete the minibatch the previous arrays left open
+            cx, cy = self.carry
+            start = b - len(cx)
+            cx, cy = np.concatenate([cx, x[:start]]), np.concatenate([cy, y[:start]])
+            if len(cx) < b:
+                self.carry = (cx, cy)
+                return
+            self.carry = None
+            self._write(cx, cy)
+        full = start + (len(x) - start) // b * b
+        for i in range(start, full, b):
+            self._write(x[i:i + b], y[i:i + b])
+        if full < len(x):
+            self.carry = (x[full:].copy(), y[full:].copy())
+
+    def _write(self, x, y):
+        self.writer.write_batch(pa.record_batch(
+            [pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), self.n_features), pa.array(y)],
+            names=["x", "y"]))
+
+    def finish(self, input_shape):
+        if self.writer is None:
+            x = np.concatenate([h[0] for h in self.held]) if self.held else np.zeros((0, self.n_features), np.float32)
+            y = np.concatenate([h[1] for h in self.held]) if self.held else np.zeros(0, self.label_dtype)
+            self.held = []
+            return x.reshape((-1,) + tuple(input_shape)), y
+        if self.carry is not None:   # the last, shorter minibatch
+            self._write(*self.carry)
+            self.carry = None
+        self.writer.close()
+        self.writer = None
+        spilled = MinibatchFile(self.path, input_shape, self.batch_size)
+        return spilled.x, spilled.y
+
+
+class MinibatchFile:
+    """A spilled partition: ``x[k]``, ``y[k]`` are minibatch k (zero-copy views of the memory-mapped file);
+    ``len(x)`` is the number of rows. The file is removed once mapped (the mapping keeps it readable)."""
+
+    def __init__(self, path, input_shape, batch_size):
+        self.path, self.batch_size = path, batch_size
+        source = pa.memory_map(path)
+        reader = pa.ipc.open_file(source)
+        xs, ys = [], []
+        for k in range(reader.num_record_batches):
+            b = reader.get_batch(k)
+            xs.append(b.column(0).flatten().to_numpy(zero_copy_only=True).reshape((-1,) + tuple(input_shape)))
+            ys.append(b.column(1).to_numpy(zero_copy_only=True))
+        os.unlink(path)
+        rows = sum(len(v) for v in ys)
+        if any(len(v) != batch_size for v in ys[:-1]):
+            raise ValueError(f"{path}: minibatches of {sorted({len(v) for v in ys})} rows, not {batch_size}")
+        self.x, self.y = _Column(xs, rows), _Column(ys, rows)
+
+
+class _Column:
+    def __init__(self, parts, rows):
+        self.parts, self.rows = parts, rows
+
+    def __len__(self):
+        return self.rows
+
+    def __getitem__(self, k):
+        return self.parts[k]
+
+    @property
+    def nbytes(self):
+        return sum(p.nbytes for p in self.parts)
+
+
+def is_spilled(x):
+    return isinstance(x, _Column)
+
+
+def default_budget(total_bytes, workers_per_host):
+    """Half of ``total_bytes`` (the memory Python workers may use on a host) shared by its workers."""
+    return int(total_bytes // 2 // max(workers_per_host, 1))

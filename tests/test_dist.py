@@ -95,7 +95,8 @@ def test_the_driver_hears_one_tally_per_round_and_the_model_once_per_epoch(shard
     fetched = [r["driver_model_bytes"] for r in stats.rounds if r["driver_model_bytes"]]
     assert len(fetched) == 2                                  # the two epoch ends
     assert all(model_bytes <= b < model_bytes + 1024 for b in fetched)   # the leaders' ranges: the model once
-    assert max(r["driver_control_bytes"] for r in stats.rounds) < 512   # a tally (and a verdict), not the model
+    control = [r["driver_control_bytes"] for r in stats.rounds]   # tallies (batched), verdicts: not the model
+    assert sum(control) / len(control) < 300 and max(control) < 64 * 1024
     assert len(stats.workers) == WORKERS * len(stats.rounds)   # every worker's timing record, by the epoch ends
     assert {w["worker"] for w in stats.workers} == set(range(WORKERS))
     ring_bytes = [w["sent"] for w in stats.workers if w["round"] == 1]
@@ -120,7 +121,7 @@ class Kill(Callback):
 def test_a_worker_killed_from_outside_is_retried_and_the_weights_are_as_if_nothing_happened(shards, hosts):
     clean, _ = fit("barrier", shards, epochs=3, launcher=ProcessLauncher(shards, hosts=hosts.split(",")))
     launcher = ProcessLauncher(shards, hosts=hosts.split(","))
-    kill = Kill(launcher, worker=2, at_round=7)
+    kill = Kill(launcher, worker=2, at_round=3)   # workers are at most one epoch and a round ahead: mid-fit
     resumed, history = fit("barrier", shards, epochs=3, callbacks=[kill], launcher=launcher)
     assert kill.killed is not None and len(history.placement["lost"]) == 1
     assert [r["round"] for r in history.rounds] == list(range(1, len(history.rounds) + 1))

@@ -154,7 +154,7 @@ def test_sleep_until_changed_returns_at_once_when_the_word_already_differs(regio
     words = _words(regions)
     words[1] = 5
     start = time.perf_counter()
-    shm.sleep_until_changed(words, 1, 4, 2.0)
+    shm.sleep_until_changed(shm.address(words, 1), 4, 2.0)
     assert time.perf_counter() - start < 0.2
 
 
@@ -164,7 +164,7 @@ def test_sleep_until_changed_sleeps_without_the_cpu_until_the_timeout(regions):
     words = _words(regions)
     words[2] = 7
     wall, cpu = time.perf_counter(), time.thread_time()
-    shm.sleep_until_changed(words, 2, 7, 0.3)
+    shm.sleep_until_changed(shm.address(words, 2), 7, 0.3)
     wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
     assert 0.25 <= wall < 1.5
     assert cpu < 0.2 * wall, (cpu, wall)
@@ -179,7 +179,7 @@ def test_wake_wakes_a_sleeper_promptly(regions, store):
     woke = []
 
     def sleeper():
-        shm.sleep_until_changed(words, 3, 11, 5.0)
+        shm.sleep_until_changed(shm.address(words, 3), 11, 5.0)
         woke.append(time.perf_counter())
 
     t = threading.Thread(target=sleeper, daemon=True)
@@ -190,11 +190,11 @@ def test_wake_wakes_a_sleeper_promptly(regions, store):
         if store:
             words[3] = 12
         waking = time.perf_counter()
-        shm.wake(words, 3)
+        shm.wake(shm.address(words, 3))
         t.join(3.0)
         assert woke and woke[0] - waking < 0.5
     finally:
-        shm.wake(words, 3)
+        shm.wake(shm.address(words, 3))
         t.join(3.0)
     assert not t.is_alive()
 

@@ -110,24 +110,26 @@ class ControlServer:
             self._selector.register(conn, selectors.EVENT_READ, w)
         return {w: h for w, (h, _) in workers.items()}
 
-    def recv(self, w, kind, round_):
-        """Worker ``w``'s next message, which must be a ``kind`` message for ``round_``; messages the other workers
-        send meanwhile are kept for later, and a closed connection of any of them is a WorkerLost."""
+    def recv(self, w, kind, round_=None):
+        """Worker ``w``'s next message, which must be a ``kind`` message (for ``round_`` if given); messages the
+        other workers send meanwhile are kept for later, and a closed connection of any of them is a WorkerLost."""
         deadline = time.monotonic() + self.timeout
         while not self._inbox[w]:
+            what = f"{kind} message" + ("" if round_ is None else f" for round {round_ + 1}")
             if w in self._finished:
-                raise WorkerLost(w, f"it ended its fit before its {kind} message for round {round_ + 1}; "
-                                    f"{self._finished[w]}")
+                raise WorkerLost(w, f"it ended its fit before its {what}; {self._finished[w]}")
             ready = self._selector.select(timeout=max(deadline - time.monotonic(), 0.001))
             if not ready:
-                raise TimeoutError(f"worker {w} sent no {kind} message for round {round_ + 1} within "
-                                   f"{self.timeout:.0f} s (server_timeout)")
+                raise TimeoutError(f"worker {w} sent no {what} within {self.timeout:.3g} s (server_timeout)")
             for key, _ in ready:
                 self._read(key.data, deadline)
-        header, arrays = self._inbox[w].popleft()
-        if header.get("type") != kind or header.get("round") != round_:
-            raise WorkerLost(w, f"expected its {kind} message for round {round_ + 1}, received "
-                                f"{header.get('type')} for round {header.get('round', -2) + 1}")
+        header, arrays, size = self._inbox[w].popleft()
+        self.bytes[_kind(header)] += size   # counted when used, so a message read early counts in its own round
+        if header.get("type") != kind or (round_ is not None and header.get("round") != round_):
+            expected = f"its {kind} message" + ("" if round_ is None else f" for round {round_ + 1}")
+            got = header.get("round")
+            raise WorkerLost(w, f"expected {expected}, received {header.get('type')}"
+                                + (f" for round {got + 1}" if isinstance(got, int) else ""))
         return header, arrays
 
     def _read(self, w, deadline):
@@ -148,13 +150,13 @@ class ControlServer:
                 conn.settimeout(None)
             except OSError:
                 pass
-        self.bytes[_kind(header)] += size
-        if header.get("type") == "error":
-            raise WorkerLost(w, header.get("reason", "it reported an error"))
-        if header.get("type") == "bye":
+        if header.get("type") in ("error", "bye"):
+            self.bytes["control"] += size
+            if header["type"] == "error":
+                raise WorkerLost(w, header.get("reason", "it reported an error"))
             self._finished[w] = f"its last message was for round {header.get('round', -2) + 1}"
             return
-        self._inbox[w].append((header, arrays))
+        self._inbox[w].append((header, arrays, size))
 
     def send(self, w, header, arrays=None):
         try:
@@ -232,14 +234,16 @@ class Control:
         self.inbox.append((header, arrays))
 
     def expect(self, kind, round_=None, timeout=600.0):
-        """The next message from the driver, which must be a ``kind`` message (for ``round_`` if given)."""
+        """The next message from the driver, which must be a ``kind`` message (one of them, for a tuple; for
+        ``round_`` if given)."""
         if not self.inbox:
             ready = select.select([self.sock], [], [], timeout)[0]
             if not ready:
                 raise TimeoutError(f"the driver sent no {kind} message within {timeout:.3g} s (server_timeout)")
             self._read()
         header, arrays = self.inbox.popleft()
-        if header.get("type") != kind or (round_ is not None and header.get("round") != round_):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if header.get("type") not in kinds or (round_ is not None and header.get("round") != round_):
             raise RuntimeError(f"expected the driver's {kind} message{'' if round_ is None else f' for round {round_ + 1}'}"
                                f", received {header.get('type')} {header.get('round')}")
         return header, arrays

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import shm
 
-SPIN_S = 50e-6      # spin this long (the other workers are usually microseconds away), then sleep
+SPIN_S = float(os.environ.get("SPARKDL_SPIN", 50e-6))      # spin this long (the other workers are usually microseconds away), then sleep
 _NAP_S = 0.05       # longest single sleep: between two, the driver's connection and the deadline are checked
 # int32 words: done[L], ready[L], ring (the leader's last all-reduced round), abort
 _DONE, _READY = 0, 1
@@ -49,6 +49,7 @@ class HostGroup:
             self.slots.append(region.view(self.dtype, (size,), offset))
             offset = shm.aligned(offset + self.slots[-1].nbytes)
         self._ring, self._abort = 2 * n_local, 2 * n_local + 1
+        self._addr = [shm.address(self.words, i) for i in range(len(self.words))]
         self.shares = [(j * size // n_local, (j + 1) * size // n_local) for j in range(n_local)]
         self._scratch = None
 
@@ -105,29 +106,34 @@ class HostGroup:
     def wait_published(self, round_, timeout, control=None):
         self._wait_all(_DONE, round_, timeout, control, f"trained round {round_ + 1}")
 
-    def average_shares(self, j, round_, weights, timeout, control=None):
+    def average_shares(self, j, round_, weights, timeout, control=None, while_waiting=None):
         """Alone on the cluster: worker ``j``'s share of the weighted average, into every slot; then a wait until
-        every worker has written its share (each slot then holds the average)."""
+        every worker has written its share (each slot then holds the average). ``while_waiting()`` runs between
+        the two, where this worker would otherwise only wait."""
         lo, hi = self.shares[j]
         if hi > lo:
-            avg = self._weighted_sum(lo, hi, weights)
-            for slot in self.slots:
-                np.copyto(slot[lo:hi], avg)
+            first = next((v for v, w in enumerate(weights) if w), 0)
+            avg = self._weighted_sum(lo, hi, weights, self.slots[first][lo:hi])   # in place: read before written
+            for v, slot in enumerate(self.slots):
+                if v != first:
+                    np.copyto(slot[lo:hi], avg)
         self._store(_READY, j, round_)
+        if while_waiting is not None:
+            while_waiting()
         self._wait_all(_READY, round_, timeout, control, f"averaged round {round_ + 1}")
 
     def partial_shares(self, j, round_, weights, timeout, control=None):
         """With other hosts: worker ``j``'s share of the host's weighted sum, into P; then a wait until P is whole."""
         lo, hi = self.shares[j]
         if hi > lo:
-            np.copyto(self.partial[lo:hi], self._weighted_sum(lo, hi, weights))
+            self._weighted_sum(lo, hi, weights, self.partial[lo:hi])
         self._store(_READY, j, round_)
         self._wait_all(_READY, round_, timeout, control, f"summed round {round_ + 1}")
 
     def ring_done(self, round_):
         """The leader has all-reduced P for ``round_``."""
         self.words[self._ring] = round_
-        shm.wake(self.words, self._ring)
+        shm.wake(self._addr[self._ring])
 
     def wait_ring(self, round_, timeout, control=None):
         self._wait(lambda: self.words[self._ring] >= round_, self._ring, timeout, control,
@@ -136,34 +142,33 @@ class HostGroup:
     def abort(self):
         self.words[self._abort] = 1
         for i in range(len(self.words) - 1):
-            shm.wake(self.words, i)
+            shm.wake(self._addr[i])
 
     # -- internals ----------------------------------------------------------------------------------------------
-    def _weighted_sum(self, lo, hi, weights):
-        """``sum_i weights[i] * slot_i[lo:hi]`` in worker order, in the slots' float type (idle workers, weight 0,
-        add nothing), in a scratch buffer reused every round."""
-        if self._scratch is None:
-            self._scratch = (np.empty(hi - lo, self.dtype), np.empty(hi - lo, self.dtype))
-        acc, tmp = self._scratch
+    def _weighted_sum(self, lo, hi, weights, out):
+        """``out = sum_i weights[i] * slot_i[lo:hi]`` in worker order, in the slots' float type (idle workers, weight 0,
+        add nothing). ``out`` may be the range of the first source with a weight: it is read before it is written."""
+        if self._scratch is None or self._scratch.size != hi - lo:
+            self._scratch = np.empty(hi - lo, self.dtype)
         first = True
         for slot, w in zip(self.slots, weights):
             if not w:
                 continue
             w = self.dtype.type(w)
             if first:
-                np.multiply(slot[lo:hi], w, out=acc)
+                np.multiply(slot[lo:hi], w, out=out)
                 first = False
             else:
-                np.multiply(slot[lo:hi], w, out=tmp)
-                acc += tmp
+                np.multiply(slot[lo:hi], w, out=self._scratch)
+                out += self._scratch
         if first:
-            acc[...] = 0
-        return acc
+            out[...] = 0
+        return out
 
     def _store(self, kind, j, round_):
         i = kind * self.n_local + j
         self.words[i] = round_
-        shm.wake(self.words, i)
+        shm.wake(self._addr[i])
 
     def _wait_all(self, kind, round_, timeout, control, what):
         base = kind * self.n_local
@@ -192,7 +197,7 @@ class HostGroup:
                 raise TimeoutError(f"{late()} within {timeout:.3g} s (server_timeout)")
             if control is not None:
                 control.check()
-            shm.sleep_until_changed(self.words, word, value, min(_NAP_S, deadline - now))
+            shm.sleep_until_changed(self._addr[word], value, min(_NAP_S, deadline - now))
 
     def close(self):
         self.slots = self.partial = self.rows = self.words = self._scratch = None

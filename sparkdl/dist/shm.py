@@ -148,20 +148,23 @@ def _libc():
 _LIBC = _libc() if _SYS_FUTEX is not None and os.uname().sysname == "Linux" else None
 
 
-def sleep_until_changed(words, i, value, timeout):
-    """Block (without using the CPU) until ``words[i]`` (an int32 array in shared memory) may differ from
-    ``value``, a wake arrives, or ``timeout`` seconds pass; returns at once if it already differs. Spurious
-    returns are allowed: callers re-check their condition. Without futexes, a short sleep."""
+def address(words, i):
+    """The address of ``words[i]`` (an int32 array in shared memory), for the two calls below."""
+    return words.ctypes.data + 4 * i
+
+
+def sleep_until_changed(addr, value, timeout):
+    """Block (without using the CPU) until the int32 word at ``addr`` may differ from ``value``, a wake arrives,
+    or ``timeout`` seconds pass; returns at once if it already differs. Spurious returns are allowed: callers
+    re-check their condition. Without futexes, a short sleep."""
     if _LIBC is None:
         time.sleep(min(timeout, 0.0005))
         return
     ts = _Timespec(int(timeout), int((timeout % 1.0) * 1e9))
-    _LIBC.syscall(_SYS_FUTEX, ctypes.c_void_p(words.ctypes.data + 4 * i), _FUTEX_WAIT, ctypes.c_int(int(value)),
-                  ctypes.byref(ts), None, 0)
+    _LIBC.syscall(_SYS_FUTEX, ctypes.c_void_p(addr), _FUTEX_WAIT, ctypes.c_int(int(value)), ctypes.byref(ts), None, 0)
 
 
-def wake(words, i):
-    """Wake every process sleeping on ``words[i]`` (call after storing the new value)."""
+def wake(addr):
+    """Wake every process sleeping on the word at ``addr`` (call after storing the new value)."""
     if _LIBC is not None:
-        _LIBC.syscall(_SYS_FUTEX, ctypes.c_void_p(words.ctypes.data + 4 * i), _FUTEX_WAKE,
-                      ctypes.c_int(2 ** 31 - 1), None, None, 0)
+        _LIBC.syscall(_SYS_FUTEX, ctypes.c_void_p(addr), _FUTEX_WAKE, ctypes.c_int(2 ** 31 - 1), None, None, 0)

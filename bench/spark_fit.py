@@ -8,7 +8,7 @@ time to 97% test accuracy (evaluation time excluded), all measured in the same r
     python bench/spark_fit.py [--mnist-dir DIR] [--modes local,jobs,barrier,barrier-tcp,torch] [--max-epochs 5]
 
 barrier: the workers (all on this host) average among themselves in shared memory; barrier-tcp: the same with
-shared_memory=False, every worker trading its buffers with the driver's averaging server over a socket.
+shared_memory=False, the workers averaging in a TCP ring on loopback (what one worker per host does).
 """
 import argparse
 import json

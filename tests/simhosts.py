@@ -7,10 +7,10 @@
         hosts.prefix(i)                        # a command prefix that runs a command on host i
         hosts.pids(i)                          # the processes now running on host i
 
-Everything is removed on exit, also after a failure: processes started on the hosts (by pid), namespaces,
-links, the bridge and the firewall rule that lets the bridge's own traffic through (once a Docker daemon has
-run, the FORWARD policy is DROP, and bridged frames pass through it). Traffic goes only to the bridge's
-subnet, which the hosts have as their only route.
+The hosts and this namespace meet on a bridge in a switch namespace of its own, whose bridged frames skip
+iptables, so the machine's firewall is neither met (once a Docker daemon has run, FORWARD is DROP) nor changed.
+Everything is removed on exit, also after a failure: processes started on the hosts (by pid), namespaces and
+links. Traffic goes only to the test subnet, which the hosts have as their only route.
 """
 import os
 import random
@@ -55,17 +55,17 @@ def _free_subnet():
 
 
 class SimulatedHosts:
-    def __init__(self, n, mtu=None):
-        self.n, self.mtu = n, mtu
+    def __init__(self, n):
+        self.n = n
         tag = f"{os.getpid() % 10000}{random.Random().randint(0, 99):02d}"
         self.net = _free_subnet()
-        self.bridge = f"sdlb{tag}"
+        self.bridge = f"sdlb{tag}"   # this namespace's link to the switch
+        self.switch = f"sdl-{tag}-sw"
         self.namespaces = [f"sdl-{tag}-{i}" for i in range(n)]
         self.links = [f"sdl{tag}h{i}" for i in range(n)]
         self.names = [f"simhost{i}-{tag}" for i in range(n)]
         self.driver_ip = f"{self.net}.1"
         self.ips = [f"{self.net}.{10 + i}" for i in range(n)]
-        self.rule = None
         self.made = []
         self.holders = []   # one process per host that holds its namespaces (hostname, /dev/shm)
 
@@ -81,29 +81,36 @@ class SimulatedHosts:
         self.close()
 
     def _make(self):
-        _run("ip", "link", "add", self.bridge, "type", "bridge")
+        # the switch: a bridge in a namespace of its own, whose bridged frames skip iptables (a per-namespace
+        # setting), so the host's firewall (FORWARD DROP once a Docker daemon has run) is neither met nor changed
+        sw = ("ip", "netns", "exec", self.switch)
+        _run("ip", "netns", "add", self.switch)
+        self.made.append(("netns", self.switch))
+        _run(*sw, "ip", "link", "add", "br0", "type", "bridge")
+        _run(*sw, "ip", "link", "set", "br0", "up")
+        _run(*sw, "ip", "link", "set", "lo", "up")
+        for table in ("iptables", "ip6tables", "arptables"):
+            _run(*sw, "sh", "-c", f"f=/proc/sys/net/bridge/bridge-nf-call-{table}; [ ! -e $f ] || echo 0 > $f")
+        # this namespace (the driver, the master) reaches the switch through one link
+        _run("ip", "link", "add", self.bridge, "type", "veth", "peer", "name", f"{self.bridge}p")
         self.made.append(("link", self.bridge))
+        _run("ip", "link", "set", f"{self.bridge}p", "netns", self.switch)
+        _run(*sw, "ip", "link", "set", f"{self.bridge}p", "master", "br0", "up")
         _run("ip", "addr", "add", f"{self.driver_ip}/24", "dev", self.bridge)
         _run("ip", "link", "set", self.bridge, "up")
-        if shutil.which("iptables"):
-            rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
-            if _run("iptables", "-I", *rule, check=False).returncode == 0:
-                self.rule = rule
         for ns, link, ip in zip(self.namespaces, self.links, self.ips):
             _run("ip", "netns", "add", ns)
             self.made.append(("netns", ns))
             _run("ip", "link", "add", link, "type", "veth", "peer", "name", f"{link}p")
             self.made.append(("link", link))
             _run("ip", "link", "set", f"{link}p", "netns", ns)
-            _run("ip", "link", "set", link, "master", self.bridge, "up")
+            _run("ip", "link", "set", link, "netns", self.switch)
+            _run(*sw, "ip", "link", "set", link, "master", "br0", "up")
             inside = ("ip", "netns", "exec", ns, "ip")
             _run(*inside, "link", "set", "lo", "up")
             _run(*inside, "link", "set", f"{link}p", "name", "eth0")
             _run(*inside, "addr", "add", f"{ip}/24", "dev", "eth0")
             _run(*inside, "link", "set", "eth0", "up")
-            if self.mtu:
-                _run("ip", "link", "set", link, "mtu", str(self.mtu))
-                _run(*inside, "link", "set", "eth0", "mtu", str(self.mtu))
         for i, ns in enumerate(self.namespaces):
             script = f"hostname {self.names[i]} && mount -t tmpfs -o size=512m,mode=1777 tmpfs /dev/shm && exec sleep infinity"
             self.holders.append(subprocess.Popen(["ip", "netns", "exec", ns, "unshare", "--uts", "--mount",
@@ -155,7 +162,7 @@ class SimulatedHosts:
                     pass
 
     def close(self):
-        if any(kind == "netns" for kind, _ in self.made):
+        if len([kind for kind, _ in self.made if kind == "netns"]) > 1:
             self.kill_all(signal.SIGTERM)
             deadline = time.time() + 10
             while time.time() < deadline and any(self.pids(i) for i in range(self.n)):
@@ -170,6 +177,3 @@ class SimulatedHosts:
             else:
                 _run("ip", "link", "del", name, check=False)
         self.made = []
-        if self.rule is not None:
-            _run("iptables", "-D", *self.rule, check=False)
-            self.rule = None

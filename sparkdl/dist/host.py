@@ -19,7 +19,7 @@ import numpy as np
 
 from . import shm
 
-SPIN_S = float(os.environ.get("SPARKDL_SPIN", 50e-6))      # spin this long (the other workers are usually microseconds away), then sleep
+SPIN_S = 50e-6      # spin this long (the other workers are usually microseconds away), then sleep
 _NAP_S = 0.05       # longest single sleep: between two, the driver's connection and the deadline are checked
 # int32 words: done[L], ready[L], ring (the leader's last all-reduced round), abort
 _DONE, _READY = 0, 1

@@ -71,6 +71,13 @@ def _check(sock, secret, token, expected_rank):
     return True
 
 
+def _advance(views, n):
+    """``n`` more bytes of the first of ``views`` went through."""
+    views[0] = views[0][n:]
+    if not views[0].nbytes:
+        views.pop(0)
+
+
 class Ring:
     """Member ``rank`` of a ring of ``size``; ``names[k]`` says who member k is (for error messages)."""
 
@@ -214,9 +221,7 @@ class Ring:
                 if sent:
                     moved = True
                     self.sent += sent
-                    out[0] = out[0][sent:]
-                    if not out[0].nbytes:
-                        out.pop(0)
+                    _advance(out, sent)
             if inn:
                 try:
                     got = self.prev.recv_into(inn[0])
@@ -229,9 +234,7 @@ class Ring:
                 if got:
                     moved = True
                     self.received += got
-                    inn[0] = inn[0][got:]
-                    if not inn[0].nbytes:
-                        inn.pop(0)
+                    _advance(inn, got)
             if moved:
                 continue
             now = time.monotonic()

@@ -120,6 +120,7 @@ class Kill(Callback):
 @pytest.mark.parametrize("hosts", ["a,a,b,b", "a,b,c,d"])
 def test_a_worker_killed_from_outside_is_retried_and_the_weights_are_as_if_nothing_happened(shards, hosts):
     clean, _ = fit("barrier", shards, epochs=3, launcher=ProcessLauncher(shards, hosts=hosts.split(",")))
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else None
     launcher = ProcessLauncher(shards, hosts=hosts.split(","))
     kill = Kill(launcher, worker=2, at_round=3)   # workers are at most one epoch and a round ahead: mid-fit
     resumed, history = fit("barrier", shards, epochs=3, callbacks=[kill], launcher=launcher)
@@ -127,6 +128,8 @@ def test_a_worker_killed_from_outside_is_retried_and_the_weights_are_as_if_nothi
     assert [r["round"] for r in history.rounds] == list(range(1, len(history.rounds) + 1))
     assert history.epoch == [0, 1, 2]
     np.testing.assert_allclose(resumed.get_flat_params(), clean.get_flat_params(), rtol=1e-5, atol=1e-6)
+    if before is not None:   # worker 2 led the shared memory of its host (a,a,b,b): its killed process left no region behind
+        assert {f for f in os.listdir("/dev/shm") if f.startswith("sparkdl-")} <= before
 
 
 class StopAfter(Callback):

@@ -212,6 +212,10 @@ def worker_main(ctx, spec, x, y, read_s=0.0):
             "address": ctx.address, "port": me["port"], "pid": os.getpid(), "ring_rank": topo.ring_rank.get(ctx.rank),
             "ring_size": len(topo.leaders), "group": local}, timeout=min(timeout, 60.0))
         start, arrays = control.expect(("start", "done"), timeout=timeout)
+        if group is not None:
+            # every worker of the host mapped the region before saying hello, and the driver starts no one before
+            # all have: the name can go now, so that a killed worker leaves nothing behind in /dev/shm
+            group.region.unlink()
         if start["type"] == "done":   # a retried task after the driver had every round: nothing left to do
             return n_rows
         if ctx.rank in topo.ring_rank and len(topo.leaders) > 1:

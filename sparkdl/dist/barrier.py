@@ -289,7 +289,8 @@ def _train(rank, model, x, y, spec, start, sync, control, views, read_s, device)
         res = fit_round(model, x, y, batches, None, None, None, iterations, spec["average_optimizer_state"], record,
                         copy=False)
         ns = [schedule.round_examples(n, batch, freq, r) for n in sizes]
-        weights = [n / sum(ns) for n in ns]
+        total_n = sum(ns)
+        weights = [n / total_n for n in ns]
         if device:
             _to_block(model, views)
         t = time.perf_counter()

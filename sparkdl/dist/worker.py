@@ -45,7 +45,7 @@ def fit_round(model, x, y, index_batches, params, state, opt_buffer, iterations,
     buffers are views of the model's, valid until the model trains again."""
     t0 = time.time()
     opt = model.optimizer
-    if params is not None:  # None: the model already holds the round's starting point (barrier peers)
+    if params is not None:  # None: the model already holds the round's starting point (barrier mode)
         model.set_flat_params(params)
         if model.state.size:
             model.set_flat_state(state)

@@ -95,17 +95,14 @@ def _task(spec, input_shape, n_features, label_dtype, local):
         from pyspark import BarrierTaskContext
 
         from sparkdl.dist.barrier import worker_main
-        from sparkdl.dist.spill import Spiller
         from sparkdl.spark.barrier import TaskContext, local_dir
-        from sparkdl.spark.data import batch_to_numpy
+        from sparkdl.spark.data import partition_to_numpy
         from sparkdl.spark.gpu import task_backend
 
         t0 = time.time()
         ctx = TaskContext(BarrierTaskContext.get())
-        spiller = Spiller(n_features, label_dtype, spec["memory_budget"], spec["batch_size_per_worker"], local_dir())
-        for b in batches:
-            spiller.add(*batch_to_numpy(b, n_features))
-        x, y = spiller.finish(input_shape)
+        x, y = partition_to_numpy(batches, n_features, label_dtype, input_shape, spec["memory_budget"],
+                                  spec["batch_size_per_worker"], local_dir())
         rows = worker_main(ctx, dict(spec, backend=task_backend(spec["backend"], local)), x, y, time.time() - t0)
         yield pa.record_batch([pa.array([ctx.rank], pa.int32()), pa.array([rows], pa.int64())],
                               names=["worker", "rows"])

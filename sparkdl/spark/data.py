@@ -136,15 +136,14 @@ def batch_to_numpy(batch, n_features, with_labels=True):
     return x, ycol.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
 
 
-def partition_to_numpy(batches, n_features, label_dtype):
-    """(x float32 (rows, n_features), y of ``label_dtype``) for a whole partition of prepared Arrow batches."""
-    xs, ys = [], []
+def partition_to_numpy(batches, n_features, label_dtype, input_shape=None, budget=None, batch_size=1, directory=None):
+    """(x float32 (rows, *input_shape), y of ``label_dtype``) for a whole partition of prepared Arrow batches: in
+    memory, or past ``budget`` bytes a memory-mapped file in ``directory`` (sparkdl.dist.spill)."""
+    from ..dist.spill import Spiller
+    spiller = Spiller(n_features, label_dtype, budget, batch_size, directory)
     for b in batches:
-        x, y = batch_to_numpy(b, n_features)
-        xs.append(x)
-        ys.append(y.astype(label_dtype))
-    x = np.concatenate(xs) if xs else np.zeros((0, n_features), np.float32)
-    return x, (np.concatenate(ys) if ys else np.zeros(0, label_dtype))
+        spiller.add(*batch_to_numpy(b, n_features))
+    return spiller.finish(input_shape or (n_features,))
 
 
 def numpy_to_dataframe(spark, x, y, directory, features_col="features", label_col="label"):

@@ -450,9 +450,9 @@ def test_partial_shares_sum_into_p_and_non_leaders_wait_for_the_ring(groups):
             time.sleep(ring_s)            # the leader all-reduces P with the other hosts ...
             g.partial *= 3                # ... which changes it
             times["done"] = time.perf_counter()
-            g.ring_done(rnd)
+            g.mesh_done(rnd)
         else:
-            g.wait_ring(rnd, 5.0)
+            g.wait_mesh(rnd, 5.0)
             times[j] = time.perf_counter()
             p = None
         np.copyto(g.slots[j], g.partial)
@@ -464,17 +464,17 @@ def test_partial_shares_sum_into_p_and_non_leaders_wait_for_the_ring(groups):
     np.testing.assert_allclose(p, ref, rtol=1e-6, atol=1e-6)
     assert not np.allclose(p, _weighted(data, np.array(weights) / sum(weights)), atol=1e-3)   # a sum, not the mean
     for j in (1, 2):
-        assert times[j] >= times["done"], "a non-leader returned from wait_ring before ring_done"
+        assert times[j] >= times["done"], "a non-leader returned from wait_mesh before mesh_done"
         assert times[j] - start >= ring_s
     for slot in members[0].slots:
         assert slot.tobytes() == (p * np.float32(3)).tobytes()
     # the ring word holds the last all-reduced round: older rounds do not wait, newer ones do
     start = time.perf_counter()
-    members[1].wait_ring(rnd, 0.1)
-    members[2].wait_ring(rnd - 3, 0.1)
+    members[1].wait_mesh(rnd, 0.1)
+    members[2].wait_mesh(rnd - 3, 0.1)
     assert time.perf_counter() - start < 0.1
     with pytest.raises(TimeoutError, match=f"did not finish averaging round {rnd + 2} "):
-        members[1].wait_ring(rnd + 1, 0.1)
+        members[1].wait_mesh(rnd + 1, 0.1)
 
 
 def test_partial_shares_of_a_host_whose_workers_all_idled_are_zero(groups):
@@ -492,7 +492,7 @@ def test_partial_shares_of_a_host_whose_workers_all_idled_are_zero(groups):
     np.testing.assert_array_equal(members[0].partial, np.zeros(30, np.float32))
 
 
-@pytest.mark.parametrize("what", ["publish", "ring_done"])
+@pytest.mark.parametrize("what", ["publish", "mesh_done"])
 def test_a_store_wakes_a_sleeping_waiter(groups, monkeypatch, what):
     """With naps of 10 s, a waiter that returns promptly was woken by the store's futex wake."""
     monkeypatch.setattr(host, "_NAP_S", 10.0)
@@ -505,7 +505,7 @@ def test_a_store_wakes_a_sleeping_waiter(groups, monkeypatch, what):
             if what == "publish":
                 b.wait_published(3, 20.0)
             else:
-                b.wait_ring(3, 20.0)
+                b.wait_mesh(3, 20.0)
             returned.append(time.perf_counter())
         except BaseException as e:
             returned.append(e)
@@ -519,7 +519,7 @@ def test_a_store_wakes_a_sleeping_waiter(groups, monkeypatch, what):
         if what == "publish":
             a.publish(1, 3, np.ones(WIDTH))
         else:
-            a.ring_done(3)
+            a.mesh_done(3)
         t.join(3.0)
         assert returned and not isinstance(returned[0], BaseException), returned
         assert returned[0] - stored < 0.5
@@ -561,7 +561,7 @@ def test_abort_from_another_thread_stops_a_waiting_worker_quickly(groups, monkey
     # the abort stays: any later wait of any worker of the host fails at once instead of timing out
     start = time.perf_counter()
     with pytest.raises(host.Aborted):
-        a.wait_ring(5, 5.0)
+        a.wait_mesh(5, 5.0)
     assert time.perf_counter() - start < 0.5
 
 
@@ -592,13 +592,13 @@ class _FailingControl:
             raise self.Gone("the driver went away")
 
 
-@pytest.mark.parametrize("wait", ["wait_published", "average_shares", "wait_ring"])
+@pytest.mark.parametrize("wait", ["wait_published", "average_shares", "wait_mesh"])
 def test_a_failing_driver_connection_ends_a_wait(groups, wait):
     a, b = _members(groups, 2, 10)
     control = _FailingControl(at=2)
     calls = {"wait_published": lambda: b.wait_published(0, 10.0, control),
              "average_shares": lambda: b.average_shares(1, 0, [0.5, 0.5], 10.0, control),
-             "wait_ring": lambda: b.wait_ring(0, 10.0, control)}
+             "wait_mesh": lambda: b.wait_mesh(0, 10.0, control)}
     start = time.perf_counter()
     with pytest.raises(_FailingControl.Gone, match="went away"):
         calls[wait]()

@@ -5,13 +5,13 @@ tests launch it in plain processes.
 Placement. The workers find each other through one rendezvous (``ctx.all_gather``: Spark's
 BarrierTaskContext.allGather): each says which host it is on (hostname and /dev/shm) and where it listens.
 The workers of one host form a group that shares one region of memory (sparkdl.dist.host), its leader being
-the one with the lowest id; the leaders of all hosts form a ring over TCP (sparkdl.dist.ring). With
+the one with the lowest id; the leaders of all hosts all-reduce over TCP, fully connected (sparkdl.dist.mesh). With
 ``shared_memory=False`` (or on a GPU, or where the host cannot share memory) every worker is a group of its own.
 
 A round. Every worker fits ``averaging_frequency`` minibatches in place in its flat block (params, layer
 state, optimizer state), then the block is averaged, weighted by the examples each worker fitted:
 - within a group: each worker sums 1/L of the elements over the group's blocks (weights n_i / N);
-- between groups: the leaders all-reduce those partial sums in the ring (2 (K - 1) / K of the block per leader);
+- between groups: the leaders all-reduce those partial sums (2 (K - 1) / K of the block per leader);
 - within a group again: every worker copies the result into its block.
 Each worker's tally row (examples, loss and metric sums, timings) is added up on the same way, so worker 0
 sends the driver one row per round: the driver's bytes per round depend neither on the model nor on the
@@ -23,7 +23,7 @@ timing records, and the driver answers with a verdict (go on, or stop: then the 
 average). Workers wait for the verdict only one round later, so the driver's epoch-end work (validation,
 callbacks) overlaps the next round.
 
-Faults. A lost worker fails its barrier task (its peers fail fast, see sparkdl.dist.ring); Spark retries the
+Faults. A lost worker fails its barrier task (its peers fail fast, see sparkdl.dist.mesh); Spark retries the
 whole stage and the new workers start from the model the driver holds (the last round it fetched), so a
 retried fit ends with the same weights as one that was never interrupted.
 """
@@ -44,14 +44,14 @@ from .averaging import Contribution, Tally
 from .control import Control, ControlServer, WorkerLost
 from .host import HostGroup
 from .master import Master, register
-from .ring import Ring
+from .mesh import Mesh, bounds
 from .spill import is_spilled
 
 log = logging.getLogger("sparkdl")
 
 REPORT_S = 0.05   # worker 0 sends its round tallies in batches, at most this far apart (and at once where needed)
 # a worker's timing record for one round, as sent to the driver
-FIELDS = ("round", "epoch", "start", "read_s", "load_s", "fit_s", "wait_s", "ring_s", "ship_s", "n", "steps",
+FIELDS = ("round", "epoch", "start", "read_s", "load_s", "fit_s", "wait_s", "mesh_s", "ship_s", "n", "steps",
           "sent", "received", "memory")
 
 
@@ -92,7 +92,7 @@ class Topology:
         self.groups = sorted(groups)
         self.leaders = [g[0] for g in self.groups]
         self.group_of = {w: g for g in self.groups for w in g}
-        self.ring_rank = {w: k for k, w in enumerate(self.leaders)}
+        self.leader_rank = {w: k for k, w in enumerate(self.leaders)}
         self.infos = infos
 
     def name(self, w):
@@ -105,35 +105,40 @@ def attempt_token(infos):
 
 
 class _Sync:
-    """One worker's part in averaging its block: group (shared memory) and ring (TCP) as the topology says."""
+    """One worker's part in averaging its block: group (shared memory) and mesh (TCP) as the topology says."""
 
-    def __init__(self, rank, topo, group, ring, block, tally, timeout, control):
-        self.rank, self.topo, self.group, self.ring, self.block = rank, topo, group, ring, block
+    def __init__(self, rank, topo, group, mesh, block, tally, timeout, control):
+        self.rank, self.topo, self.group, self.mesh, self.block = rank, topo, group, mesh, block
         self.tally, self.timeout, self.control = tally, timeout, control
         self.local = topo.group_of[rank]
-        self.alone = len(topo.leaders) == 1   # one group: no ring
+        self.alone = len(topo.leaders) == 1   # one group: no mesh
         self.j = self.local.index(rank)
         self.leader = self.j == 0
-        self.buf = group.partial if group is not None else block   # what the leaders' ring sums
+        self.buf = group.partial if group is not None else block   # what the leaders' mesh sums
 
     def distribute(self, round_, chunk, lo, hi):
         """Start of the fit: the leaders hold their range of the driver's model; afterwards every block holds
         all of it."""
         if self.leader:
             self.buf[lo:hi] = chunk
-            if self.ring is not None:
-                self.ring.allgather(self.buf)
+            if self.mesh is not None:
+                self.mesh.allgather(self.buf)
+                self._prepare()
             if self.group is not None:
-                self.group.ring_done(round_ - 1)
+                self.group.mesh_done(round_ - 1)
         if self.group is not None:
-            self.group.wait_ring(round_ - 1, self.timeout, self.control)
+            self.group.wait_mesh(round_ - 1, self.timeout, self.control)
             np.copyto(self.block, self.group.partial)
+
+    def _prepare(self):
+        """The other hosts' parts of the next round start coming in while this worker fits it."""
+        self.mesh.prepare(self.buf.size, self.buf.dtype, self.tally.width)
 
     def __call__(self, round_, weights, row, report=None):
         """Average the blocks of ``round_`` (``weights[w]`` = worker w's examples / all examples); returns the
-        ring's share of the time. ``report(total_row)`` gets the tally row summed over all workers (called at
+        mesh's share of the time. ``report(total_row)`` gets the tally row summed over all workers (called at
         worker 0 only, where it would otherwise wait, if there is such a moment)."""
-        group, ring, ring_s = self.group, self.ring, 0.0
+        group, mesh, mesh_s = self.group, self.mesh, 0.0
         report = report if self.rank == 0 else None
         if group is None and self.alone:
             report and report(row)
@@ -145,10 +150,11 @@ class _Sync:
             else:
                 self.block[...] = 0
             t = time.perf_counter()
-            rows = ring.allreduce(self.block, row)
-            ring_s = time.perf_counter() - t
+            rows = mesh.allreduce(self.block, row)
+            self._prepare()
+            mesh_s = time.perf_counter() - t
             report and report(self.tally.combine(rows))
-            return ring_s
+            return mesh_s
         group.publish(self.j, round_, row)
         group.wait_published(round_, self.timeout, self.control)
         host_row = self.tally.combine(group.rows) if self.leader else None
@@ -160,14 +166,15 @@ class _Sync:
         group.partial_shares(self.j, round_, local_weights, self.timeout, self.control)
         if self.leader:
             t = time.perf_counter()
-            rows = ring.allreduce(group.partial, host_row)
-            ring_s = time.perf_counter() - t
-            group.ring_done(round_)
+            rows = mesh.allreduce(group.partial, host_row)
+            self._prepare()
+            mesh_s = time.perf_counter() - t
+            group.mesh_done(round_)
             report and report(self.tally.combine(rows))
         else:
-            group.wait_ring(round_, self.timeout, self.control)
+            group.wait_mesh(round_, self.timeout, self.control)
         np.copyto(self.block, group.partial)
-        return ring_s
+        return mesh_s
 
 
 def worker_main(ctx, spec, x, y, read_s=0.0):
@@ -187,7 +194,7 @@ def worker_main(ctx, spec, x, y, read_s=0.0):
     if not is_spilled(x):
         x, y = model.xp.asarray(x), model.xp.asarray(y)   # resident for the whole fit (on the GPU with cupy)
     own = (model.params, model.state, opt.state_buffer)   # the model is cached in this process: restored below
-    listener = group = control = ring = None
+    listener = group = control = mesh = None
     try:
         listener = _listen(ctx.address, spec["ports"])
         me = {"worker": ctx.rank, "attempt": ctx.attempt, "host": ctx.host, "address": ctx.address,
@@ -209,8 +216,8 @@ def worker_main(ctx, spec, x, y, read_s=0.0):
         secret = bytes.fromhex(spec["secret"])
         control = Control.connect(spec["driver"][0], spec["driver"][1], secret, {
             "type": "hello", "worker": ctx.rank, "attempt": ctx.attempt, "rows": n_rows, "host": ctx.host,
-            "address": ctx.address, "port": me["port"], "pid": os.getpid(), "ring_rank": topo.ring_rank.get(ctx.rank),
-            "ring_size": len(topo.leaders), "group": local}, timeout=min(timeout, 60.0))
+            "address": ctx.address, "port": me["port"], "pid": os.getpid(), "leader_rank": topo.leader_rank.get(ctx.rank),
+            "leaders": len(topo.leaders), "group": local}, timeout=min(timeout, 60.0))
         start, arrays = control.expect(("start", "done"), timeout=timeout)
         if group is not None:
             # every worker of the host mapped the region before saying hello, and the driver starts no one before
@@ -218,8 +225,8 @@ def worker_main(ctx, spec, x, y, read_s=0.0):
             group.region.unlink()
         if start["type"] == "done":   # a retried task after the driver had every round: nothing left to do
             return n_rows
-        if ctx.rank in topo.ring_rank and len(topo.leaders) > 1:
-            ring = Ring.connect(topo.ring_rank[ctx.rank], [(infos[w]["address"], infos[w]["port"])
+        if ctx.rank in topo.leader_rank and len(topo.leaders) > 1:
+            mesh = Mesh.connect(topo.leader_rank[ctx.rank], [(infos[w]["address"], infos[w]["port"])
                                                            for w in topo.leaders],
                                 listener, secret, attempt_token(infos), [topo.name(w) for w in topo.leaders],
                                 timeout, control)
@@ -227,7 +234,7 @@ def worker_main(ctx, spec, x, y, read_s=0.0):
         listener = None
         block = group.slots[local.index(ctx.rank)] if group is not None else np.empty(size, model.dtype)
         views = split(block, parts)
-        sync = _Sync(ctx.rank, topo, group, ring, block, tally, timeout, control)
+        sync = _Sync(ctx.rank, topo, group, mesh, block, tally, timeout, control)
         sync.distribute(start["round"], arrays.get("chunk"), start.get("lo", 0), start.get("hi", 0))
         if device:
             _to_model(model, views)
@@ -249,7 +256,7 @@ def worker_main(ctx, spec, x, y, read_s=0.0):
         model.use_buffers(own[0], own[1])
         if aos:
             opt.use_buffer(own[2])
-        for resource in (ring, control, listener):
+        for resource in (mesh, control, listener):
             if resource is not None:
                 resource.close()
         if group is not None:
@@ -294,9 +301,9 @@ def _train(rank, model, x, y, spec, start, sync, control, views, read_s, device)
         if device:
             _to_block(model, views)
         t = time.perf_counter()
-        ring_s = sync(g, weights, sync.tally.row(res.n, res.loss_sum, res.steps, record["fit_s"], res.partials),
+        mesh_s = sync(g, weights, sync.tally.row(res.n, res.loss_sum, res.steps, record["fit_s"], res.partials),
                       reports.add)
-        record["wait_s"], record["ring_s"] = time.perf_counter() - t - ring_s, ring_s
+        record["wait_s"], record["mesh_s"] = time.perf_counter() - t - mesh_s, mesh_s
         if device:
             _to_model(model, views)
         iterations += max(-(-n // batch) for n in ns)
@@ -304,8 +311,8 @@ def _train(rank, model, x, y, spec, start, sync, control, views, read_s, device)
             t = time.perf_counter()
             reports.end(g, time.time(), g in fetch or g + 1 == total)
             record["ship_s"] = time.perf_counter() - t
-        ring = sync.ring
-        sent, received = (ring.sent, ring.received) if ring is not None else (0, 0)
+        mesh = sync.mesh
+        sent, received = (mesh.sent, mesh.received) if mesh is not None else (0, 0)
         record.update(sent=sent - sent0 + control.sent, received=received - received0)
         sent0, received0, control.sent = sent, received, 0
         if spec["collect_stats"]:
@@ -314,7 +321,7 @@ def _train(rank, model, x, y, spec, start, sync, control, views, read_s, device)
             records.append([record.get(f, 0.0) for f in FIELDS])
         if g in fetch:
             if sync.leader:   # the leaders' summed ranges make up the model once
-                lo, hi = sync.ring.owned(sync.block.size) if sync.ring is not None else (0, sync.block.size)
+                lo, hi = sync.mesh.owned(sync.block.size) if sync.mesh is not None else (0, sync.block.size)
                 control.send({"type": "model", "round": g, "lo": lo, "hi": hi}, {"chunk": sync.block[lo:hi]})
             if spec["collect_stats"]:
                 control.send({"type": "stats", "round": g, "fields": list(FIELDS)},
@@ -504,11 +511,10 @@ class BarrierDriver:
 
     def owned(self, hello):
         """The model range a leader holds summed (and is sent at the start, and sends back); none for others."""
-        k, size = hello.get("ring_rank"), hello.get("ring_size", 1)
+        k, size = hello.get("leader_rank"), hello.get("leaders", 1)
         if k is None:
             return 0, 0
-        c = (k + 1) % size
-        return c * self.size // size, (c + 1) * self.size // size
+        return bounds(k, size, self.size)
 
     def _tally(self, g):
         """Round g's tally row and its (start, wall time), from worker 0's batches."""

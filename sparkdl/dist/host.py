@@ -7,7 +7,7 @@ tally row (examples, loss and metric sums, timings), then takes its share (1/L o
 sum of all the host's slots:
 - alone on the cluster (one host): the share is the average, written straight into every slot;
 - with other hosts: the share goes into the host's partial sum ``P``, the leader all-reduces ``P`` with the
-  other hosts' leaders (sparkdl.dist.ring), and every worker copies the result into its slot.
+  other hosts' leaders (sparkdl.dist.mesh), and every worker copies the result into its slot.
 Every wait spins for at most ``SPIN_S`` and then sleeps on a futex, so a worker waiting for slower peers
 leaves its core to them (or to whatever else the executor's host runs).
 """
@@ -21,7 +21,7 @@ from . import shm
 
 SPIN_S = 50e-6      # spin this long (the other workers are usually microseconds away), then sleep
 _NAP_S = 0.05       # longest single sleep: between two, the driver's connection and the deadline are checked
-# int32 words: done[L], ready[L], ring (the leader's last all-reduced round), abort
+# int32 words: done[L], ready[L], mesh (the leader's last all-reduced round), abort
 _DONE, _READY = 0, 1
 _BEFORE = -2 ** 30   # the words' value before any round (the fit's first round is only known later)
 _STAMP, _LAYOUT = struct.Struct("<4q"), 16   # the layout (workers, size, dtype, width), after the region's token
@@ -48,7 +48,7 @@ class HostGroup:
         for _ in range(n_local):
             self.slots.append(region.view(self.dtype, (size,), offset))
             offset = shm.aligned(offset + self.slots[-1].nbytes)
-        self._ring, self._abort = 2 * n_local, 2 * n_local + 1
+        self._mesh, self._abort = 2 * n_local, 2 * n_local + 1
         self._addr = [shm.address(self.words, i) for i in range(len(self.words))]
         self.shares = [(j * size // n_local, (j + 1) * size // n_local) for j in range(n_local)]
         self._scratch = None
@@ -130,13 +130,13 @@ class HostGroup:
         self._store(_READY, j, round_)
         self._wait_all(_READY, round_, timeout, control, f"summed round {round_ + 1}")
 
-    def ring_done(self, round_):
+    def mesh_done(self, round_):
         """The leader has all-reduced P for ``round_``."""
-        self.words[self._ring] = round_
-        shm.wake(self._addr[self._ring])
+        self.words[self._mesh] = round_
+        shm.wake(self._addr[self._mesh])
 
-    def wait_ring(self, round_, timeout, control=None):
-        self._wait(lambda: self.words[self._ring] >= round_, self._ring, timeout, control,
+    def wait_mesh(self, round_, timeout, control=None):
+        self._wait(lambda: self.words[self._mesh] >= round_, self._mesh, timeout, control,
                    lambda: f"the host's leader did not finish averaging round {round_ + 1} with the other hosts")
 
     def abort(self):

@@ -5,8 +5,8 @@
    (sparkdl.dist.procs: the runtime without Spark's launch costs). Per N: bytes per round at the driver
    (control, timing records, model fetches) and per worker (ring), round time, overhead fraction (round wall
    less the slowest worker's fitting time).
-2. busy: local[2] Spark, a barrier fit with a competing busy process on the machine, against local training
-   (model.fit in one process) with the same busy process.
+2. busy: local[2] Spark, barrier fits with a competing busy process on the machine, against local training
+   (model.fit in one process) with the same busy process; interleaved, ``--repeats`` times.
 3. local: local[2] Spark barrier fit (both workers on this host, shared memory) against local training.
 4. spill: two plain-process workers on this host, their partitions in memory against spilled to memory-mapped
    files (memory_budget=0): each worker's peak resident memory, and the epoch time.
@@ -14,7 +14,8 @@
 MLP 784-256-128-10 on real MNIST (../shared/data/mnist; MNIST-shaped random data without it), Adam(1e-3), batch 64
 per worker, averaging every 5 minibatches, one BLAS thread per worker, one epoch per measurement.
 
-    python bench/scale.py [--parts scale,busy,local] [--workers 2,3,4,6] [--epochs 1] [--mnist-dir DIR]
+    python bench/scale.py [--parts scale,busy,local,spill] [--workers 2,3,4,6] [--epochs 1] [--repeats 3]
+                          [--mnist-dir DIR]
 """
 import argparse
 import json
@@ -106,7 +107,9 @@ def busy_process():
     return subprocess.Popen([sys.executable, "-c", "while True:\n    pass"])
 
 
-def run_local_and_barrier(x, y, xte, yte, epochs, busy, label):
+def run_local_and_barrier(x, y, xte, yte, epochs, busy, label, repeats):
+    """Local training and a local[2] barrier fit, interleaved (local, barrier, barrier, local) ``repeats`` times
+    in one Spark session; the ratio is the median of the per-repetition ratios (the machine is shared)."""
     from sparkdl.spark import local_session
     from sparkdl.spark.data import numpy_to_dataframe
     import tempfile
@@ -114,17 +117,26 @@ def run_local_and_barrier(x, y, xte, yte, epochs, busy, label):
     df = numpy_to_dataframe(spark, x, y, tempfile.mkdtemp(prefix="sparkdl-bench-")).cache()
     df.count()
     hog = busy_process() if busy else None
+    reps = []
     try:
-        local = spark_fit.run_local(x, y, xte, yte, epochs, None)
-        barrier = spark_fit.run_spark(spark, df, "barrier", xte, yte, epochs, None)
+        for _ in range(repeats):
+            local = [spark_fit.run_local(x, y, xte, yte, epochs, None)]
+            barrier = [spark_fit.run_spark(spark, df, "barrier", xte, yte, epochs, None) for _ in range(2)]
+            local.append(spark_fit.run_local(x, y, xte, yte, epochs, None))
+            reps.append({"local_epoch_s": [r["epoch_s"] for r in local],
+                         "barrier_epoch_s": [r["epoch_s"] for r in barrier],
+                         "barrier_overhead_fraction": [r["overhead_fraction"] for r in barrier]})
     finally:
         if hog is not None:
             hog.kill()
             hog.wait()
         spark.stop()
-    return {"case": label, "local_epoch_s": local["epoch_s"], "barrier_epoch_s": barrier["epoch_s"],
-            "barrier_over_local": barrier["epoch_s"] / local["epoch_s"],
-            "barrier_overhead_fraction": barrier["overhead_fraction"]}
+    ratios = [sum(r["barrier_epoch_s"]) / sum(r["local_epoch_s"]) for r in reps]
+    return {"case": label, "repetitions": reps, "barrier_over_local_each": ratios,
+            "barrier_over_local": statistics.median(ratios),
+            "local_epoch_s": statistics.median(v for r in reps for v in r["local_epoch_s"]),
+            "barrier_epoch_s": statistics.median(v for r in reps for v in r["barrier_epoch_s"]),
+            "barrier_overhead_fraction": statistics.median(v for r in reps for v in r["barrier_overhead_fraction"])}
 
 
 def main(argv=None):
@@ -133,6 +145,7 @@ def main(argv=None):
     p.add_argument("--parts", default="scale,busy,local,spill")
     p.add_argument("--workers", default="2,3,4,6")
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="busy, local: (local, barrier, barrier, local) repetitions")
     a = p.parse_args(argv)
     x, y, xte, yte, what = spark_fit.load(a.mnist_dir)
     parts = a.parts.split(",")
@@ -155,10 +168,11 @@ def main(argv=None):
                   f"(S = {r['block_bytes']})", flush=True)
     for part, busy in (("busy", True), ("local", False)):
         if part in parts:
-            r = run_local_and_barrier(x, y, xte, yte, a.epochs, busy, part)
+            r = run_local_and_barrier(x, y, xte, yte, a.epochs, busy, part, a.repeats)
             out["single_host"].append(r)
-            print(f"{part}: local epoch {r['local_epoch_s']:.2f} s, barrier epoch {r['barrier_epoch_s']:.2f} s, "
-                  f"barrier / local = {r['barrier_over_local']:.2f} (barrier overhead "
+            print(f"{part}: local epoch {r['local_epoch_s']:.2f} s, barrier epoch {r['barrier_epoch_s']:.2f} s "
+                  f"(medians), barrier / local = {r['barrier_over_local']:.2f} (median of "
+                  f"{', '.join(f'{v:.2f}' for v in r['barrier_over_local_each'])}; barrier overhead "
                   f"{100 * r['barrier_overhead_fraction']:.1f}%)", flush=True)
     if "spill" in parts:
         out["spill"] = r = run_spill(x, y, a.epochs)

@@ -287,7 +287,7 @@ def test_host_group_attach_maps_the_same_slots(groups):
     b = groups.attach(offer)
     assert b is not None and b.region.path == a.region.path and b.shares == a.shares
     assert a.shares == [(0, 12), (12, 24), (24, 37)]
-    assert list(a.words) == [host._BEFORE] * 7 + [0]                 # done[3], ready[3], ring, abort
+    assert list(a.words) == [host._BEFORE] * 7 + [0]                 # done[3], ready[3], mesh, abort
     assert [s.shape for s in b.slots] == [(37,)] * 3 and b.rows.shape == (3, 5) and b.partial.dtype == np.float32
     rng = np.random.default_rng(1)
     for j in range(3):                                               # a's writes are seen through b ...
@@ -430,14 +430,14 @@ def test_a_worker_of_weight_zero_adds_nothing_even_with_inf_and_nan(groups):
         assert slot.tobytes() == out[0].tobytes()
 
 
-def test_partial_shares_sum_into_p_and_non_leaders_wait_for_the_ring(groups):
+def test_partial_shares_sum_into_p_and_non_leaders_wait_for_the_mesh(groups):
     size, rnd = 1001, 4
     members = _members(groups, 3, size)
     rng = np.random.default_rng(41)
     data = [rng.uniform(-1, 1, size).astype(np.float32) for _ in range(3)]
     n = rng.integers(1, 100, 5)               # two more workers on other hosts hold the rest of the weight
     weights = list(n[:3] / n.sum())
-    ring_s = 0.2
+    mesh_s = 0.2
     times = {}
 
     def worker(g, j):
@@ -447,7 +447,7 @@ def test_partial_shares_sum_into_p_and_non_leaders_wait_for_the_ring(groups):
         g.partial_shares(j, rnd, weights, 5.0)
         if j == 0:
             p = g.partial.copy()          # P is whole once partial_shares returns
-            time.sleep(ring_s)            # the leader all-reduces P with the other hosts ...
+            time.sleep(mesh_s)            # the leader all-reduces P with the other hosts ...
             g.partial *= 3                # ... which changes it
             times["done"] = time.perf_counter()
             g.mesh_done(rnd)
@@ -465,16 +465,80 @@ def test_partial_shares_sum_into_p_and_non_leaders_wait_for_the_ring(groups):
     assert not np.allclose(p, _weighted(data, np.array(weights) / sum(weights)), atol=1e-3)   # a sum, not the mean
     for j in (1, 2):
         assert times[j] >= times["done"], "a non-leader returned from wait_mesh before mesh_done"
-        assert times[j] - start >= ring_s
+        assert times[j] - start >= mesh_s
     for slot in members[0].slots:
         assert slot.tobytes() == (p * np.float32(3)).tobytes()
-    # the ring word holds the last all-reduced round: older rounds do not wait, newer ones do
+    # the mesh word holds the last all-reduced round: older rounds do not wait, newer ones do
     start = time.perf_counter()
     members[1].wait_mesh(rnd, 0.1)
     members[2].wait_mesh(rnd - 3, 0.1)
     assert time.perf_counter() - start < 0.1
     with pytest.raises(TimeoutError, match=f"did not finish averaging round {rnd + 2} "):
         members[1].wait_mesh(rnd + 1, 0.1)
+
+
+needs_two_cpus = pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                                    reason="binding workers to CPUs needs Linux and two CPUs")
+
+
+@needs_two_cpus
+def test_bind_gives_each_worker_a_block_of_the_cpus_and_unbind_gives_them_back(groups):
+    allowed = sorted(os.sched_getaffinity(0))
+    members = _members(groups, 2, 10)
+
+    def worker(g, j):
+        g.bind(j)
+        bound = os.sched_getaffinity(0)
+        g.unbind()
+        return bound, os.sched_getaffinity(0), int(g.threads[j]), threading.get_native_id()
+
+    got = _in_threads(members, worker)
+    half = len(allowed) // 2
+    assert got[0][0] == set(allowed[:half]) and got[1][0] == set(allowed[half:])
+    for bound, after, recorded, tid in got:
+        assert after == set(allowed) and recorded == tid
+
+
+@needs_two_cpus
+def test_more_workers_than_cpus_are_not_bound_but_still_name_their_threads(groups):
+    allowed = os.sched_getaffinity(0)
+    members = _members(groups, len(allowed) + 1, 10)
+    got = _in_threads(members, lambda g, j: (g.bind(j), os.sched_getaffinity(0), int(g.threads[j]))[1:])
+    assert all(cpus == allowed and tid > 0 for cpus, tid in got)
+    got = _in_threads(members[:2], lambda g, j: (g.bind(j, cpus=False), os.sched_getaffinity(0))[1])
+    assert got == [allowed, allowed]
+
+
+@needs_two_cpus
+@pytest.mark.parametrize("hand_over_s", [host.HAND_OVER_S, 10.0])
+def test_a_worker_waiting_for_a_slower_one_hands_it_its_cpus(groups, monkeypatch, hand_over_s):
+    """Worker 1 is 0.2 s slow to publish: worker 0, after waiting HAND_OVER_S, swaps CPU blocks with it (the slower
+    one goes on on the CPUs the waiter leaves idle); a wait shorter than HAND_OVER_S swaps nothing."""
+    monkeypatch.setattr(host, "HAND_OVER_S", hand_over_s)
+    allowed = sorted(os.sched_getaffinity(0))
+    half = len(allowed) // 2
+    blocks = [set(allowed[:half]), set(allowed[half:])]
+    members = _members(groups, 2, 10)
+    seen = {}
+
+    def worker(g, j):
+        g.bind(j)
+        try:
+            if j == 1:
+                time.sleep(0.2)
+                seen["slow, before publishing"] = os.sched_getaffinity(0)
+            g.publish(j, 0, np.zeros(WIDTH))
+            g.wait_published(0, 5.0)
+            seen[j] = os.sched_getaffinity(0)
+        finally:
+            g.unbind()
+        seen[(j, "after")] = os.sched_getaffinity(0)
+
+    _in_threads(members, worker)
+    swapped = hand_over_s < 0.2
+    assert seen["slow, before publishing"] == blocks[0 if swapped else 1]   # handed over while still training
+    assert seen[0] == blocks[1 if swapped else 0] and seen[1] == blocks[0 if swapped else 1]
+    assert seen[(0, "after")] == seen[(1, "after")] == set(allowed)
 
 
 def test_partial_shares_of_a_host_whose_workers_all_idled_are_zero(groups):

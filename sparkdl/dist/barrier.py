@@ -213,6 +213,8 @@ def worker_main(ctx, spec, x, y, read_s=0.0):
             if group is None:
                 raise RuntimeError(f"worker {ctx.rank} could not map the shared memory of {topo.name(local[0])} on "
                                    f"its host; use ParameterAveraging(shared_memory=False)")
+        if group is not None:   # before the hello: every worker of the host knows the others' threads from round 1
+            group.bind(local.index(ctx.rank), spec.get("bind_cpus", True))
         secret = bytes.fromhex(spec["secret"])
         control = Control.connect(spec["driver"][0], spec["driver"][1], secret, {
             "type": "hello", "worker": ctx.rank, "attempt": ctx.attempt, "rows": n_rows, "host": ctx.host,
@@ -399,9 +401,9 @@ class BarrierDriver:
     """The driver's side: a control server, the fit's secret, and the loop that follows the workers' rounds."""
 
     def __init__(self, run, n_workers, host="127.0.0.1", ports=None, timeout=600.0, shared_memory=True,
-                 collect_stats=True, advertise=None, memory_budget=None):
+                 collect_stats=True, advertise=None, memory_budget=None, bind_cpus=True):
         self.run, self.n_workers, self.timeout, self.memory_budget = run, n_workers, timeout, memory_budget
-        self.shared_memory, self.collect_stats = shared_memory, collect_stats
+        self.shared_memory, self.collect_stats, self.bind_cpus = shared_memory, collect_stats, bind_cpus
         self.secret = secrets.token_bytes(32)
         self.server = ControlServer(self.secret, host, timeout, ports=ports, advertise=advertise)
         self.parts = block_parts(run.model, run.master.average_optimizer_state)
@@ -420,7 +422,7 @@ class BarrierDriver:
                 "averaging_frequency": master.averaging_frequency,
                 "average_optimizer_state": master.average_optimizer_state, "timeout": self.timeout,
                 "shared_memory": self.shared_memory, "ports": ports, "collect_stats": self.collect_stats,
-                "memory_budget": self.memory_budget}
+                "memory_budget": self.memory_budget, "bind_cpus": self.bind_cpus}
 
     def serve(self):
         run = self.run
@@ -578,7 +580,8 @@ class Barrier(Master):
         launcher.check_barrier()
         driver = BarrierDriver(run, launcher.num_workers, launcher.bind_host, options.ports, options.server_timeout,
                                options.shared_memory, options.collect_stats, advertise=launcher.driver_host,
-                               memory_budget=launcher.memory_budget(options.memory_budget))
+                               memory_budget=launcher.memory_budget(options.memory_budget),
+                               bind_cpus=options.bind_cpus)
         failure = []
 
         def serve():

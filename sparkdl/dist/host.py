@@ -10,9 +10,17 @@ sum of all the host's slots:
   other hosts' leaders (sparkdl.dist.mesh), and every worker copies the result into its slot.
 Every wait spins for at most ``SPIN_S`` and then sleeps on a futex, so a worker waiting for slower peers
 leaves its core to them (or to whatever else the executor's host runs).
+
+CPUs (``bind``, Linux). Left to themselves, the kernel puts a worker it wakes on the CPU of the worker that woke
+it, so lock-stepped workers end up sharing one CPU while a busy process of someone else keeps another to itself
+(two workers on 2 CPUs beside one busy process: both on one CPU most of the time, 0.93 of a core between them).
+So the workers of a host bind to disjoint blocks of the CPUs they may use, and a worker that waits for a slower
+one longer than ``HAND_OVER_S`` swaps blocks with it: the slower one goes on on the CPUs the waiter leaves idle
+(the same case: 1.1 cores between them; bench/README.md has the epoch times).
 """
 import os
 import struct
+import threading
 import time
 
 import numpy as np
@@ -21,7 +29,8 @@ from . import shm
 
 SPIN_S = 50e-6      # spin this long (the other workers are usually microseconds away), then sleep
 _NAP_S = 0.05       # longest single sleep: between two, the driver's connection and the deadline are checked
-# int32 words: done[L], ready[L], mesh (the leader's last all-reduced round), abort
+HAND_OVER_S = 1e-3  # a worker waiting this long for a slower one of its host hands it its CPUs (when bound)
+# int32 words: done[L], ready[L], mesh (the leader's last all-reduced round), abort; then the workers' thread ids
 _DONE, _READY = 0, 1
 _BEFORE = -2 ** 30   # the words' value before any round (the fit's first round is only known later)
 _STAMP, _LAYOUT = struct.Struct("<4q"), 16   # the layout (workers, size, dtype, width), after the region's token
@@ -40,6 +49,8 @@ class HostGroup:
         offset = shm.ALIGN
         self.words = region.view(np.int32, (2 * n_local + 2,), offset)
         offset = shm.aligned(offset + self.words.nbytes)
+        self.threads = region.view(np.int32, (n_local,), offset)   # each worker's training thread (for its CPUs)
+        offset = shm.aligned(offset + self.threads.nbytes)
         self.rows = region.view(np.float64, (n_local, width), offset)
         offset = shm.aligned(offset + self.rows.nbytes)
         self.partial = region.view(self.dtype, (size,), offset)
@@ -51,11 +62,11 @@ class HostGroup:
         self._mesh, self._abort = 2 * n_local, 2 * n_local + 1
         self._addr = [shm.address(self.words, i) for i in range(len(self.words))]
         self.shares = [(j * size // n_local, (j + 1) * size // n_local) for j in range(n_local)]
-        self._scratch = None
+        self._scratch = self._allowed = None
 
     @staticmethod
     def nbytes(n_local, size, dtype, width):
-        parts = [4 * (2 * n_local + 2), 8 * n_local * width] + [size * np.dtype(dtype).itemsize] * (1 + n_local)
+        parts = [4 * (2 * n_local + 2), 4 * n_local, 8 * n_local * width] + [size * np.dtype(dtype).itemsize] * (1 + n_local)
         return shm.ALIGN + sum(shm.aligned(p) for p in parts) + shm.ALIGN
 
     @classmethod
@@ -97,6 +108,42 @@ class HostGroup:
                 region.close()
             return None
 
+    # -- CPUs -------------------------------------------------------------------------------------------------------
+    def bind(self, j, cpus=True):
+        """Worker ``j`` says which thread trains (the calling one); with ``cpus`` it binds that thread to block j of
+        the CPUs it may use, where there are at least as many as the host's workers (Linux)."""
+        self.threads[j] = threading.get_native_id()
+        if not cpus or not hasattr(os, "sched_setaffinity"):
+            return
+        allowed = sorted(os.sched_getaffinity(0))
+        if len(allowed) < self.n_local:
+            return
+        n = len(allowed)
+        try:
+            os.sched_setaffinity(0, allowed[j * n // self.n_local:(j + 1) * n // self.n_local])
+            self._allowed = allowed
+        except OSError:
+            pass
+
+    def unbind(self):
+        """The calling thread may use all the CPUs it could before ``bind`` again."""
+        if self._allowed is not None:
+            try:
+                os.sched_setaffinity(0, self._allowed)
+            except OSError:
+                pass
+            self._allowed = None
+
+    def _hand_over(self, late):
+        """Swap CPU blocks with worker ``late`` of this host, which this (bound) worker is about to wait for."""
+        try:
+            mine, theirs = os.sched_getaffinity(0), os.sched_getaffinity(int(self.threads[late]))
+            if mine != theirs:
+                os.sched_setaffinity(int(self.threads[late]), mine)
+                os.sched_setaffinity(0, theirs)
+        except OSError:   # it ended meanwhile, or may not use these CPUs (another container): stop handing over
+            self.unbind()
+
     # -- the round ----------------------------------------------------------------------------------------------
     def publish(self, j, round_, row):
         """Worker ``j`` has trained ``round_`` in its slot; ``row`` is its tally row."""
@@ -104,7 +151,7 @@ class HostGroup:
         self._store(_DONE, j, round_)
 
     def wait_published(self, round_, timeout, control=None):
-        self._wait_all(_DONE, round_, timeout, control, f"trained round {round_ + 1}")
+        self._wait_all(_DONE, round_, timeout, control, f"trained round {round_ + 1}", hand_over=True)
 
     def average_shares(self, j, round_, weights, timeout, control=None, while_waiting=None):
         """Alone on the cluster: worker ``j``'s share of the weighted average, into every slot; then a wait until
@@ -170,15 +217,17 @@ class HostGroup:
         self.words[i] = round_
         shm.wake(self._addr[i])
 
-    def _wait_all(self, kind, round_, timeout, control, what):
+    def _wait_all(self, kind, round_, timeout, control, what, hand_over=False):
         base = kind * self.n_local
         for j in range(self.n_local):
             self._wait(lambda: self.words[base + j] >= round_, base + j, timeout, control,
-                       lambda: f"worker {j} of this host has not {what}")
+                       lambda: f"worker {j} of this host has not {what}",
+                       (lambda: self._hand_over(j)) if hand_over and self._allowed is not None else None)
 
-    def _wait(self, ready, word, timeout, control, late):
+    def _wait(self, ready, word, timeout, control, late, long_wait=None):
         """Spin for up to SPIN_S, then sleep on ``word`` in naps; between naps check for an abort (of the host or
-        of the driver, through ``control``) and the deadline."""
+        of the driver, through ``control``) and the deadline. ``long_wait()`` runs once the wait is HAND_OVER_S
+        long."""
         if ready():
             return
         start = time.perf_counter()
@@ -197,10 +246,18 @@ class HostGroup:
                 raise TimeoutError(f"{late()} within {timeout:.3g} s (server_timeout)")
             if control is not None:
                 control.check()
-            shm.sleep_until_changed(self._addr[word], value, min(_NAP_S, deadline - now))
+            nap = min(_NAP_S, deadline - now)
+            if long_wait is not None:
+                if now - start >= HAND_OVER_S:
+                    long_wait()
+                    long_wait = None
+                else:
+                    nap = min(nap, start + HAND_OVER_S - now)
+            shm.sleep_until_changed(self._addr[word], value, nap)
 
     def close(self):
-        self.slots = self.partial = self.rows = self.words = self._scratch = None
+        self.unbind()
+        self.slots = self.partial = self.rows = self.words = self.threads = self._scratch = None
         self.region.close()
 
 

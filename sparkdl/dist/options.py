@@ -39,9 +39,12 @@ class Options:
         when a task has no GPU); see ``sparkdl.backend.resolve``.
     server_timeout: barrier mode: seconds any worker or the driver waits for another before failing the fit.
     shared_memory: barrier mode: the workers of one host train in place in /dev/shm and average there, one of
-        them then joining the ring between hosts (sparkdl.dist.barrier); a host takes (workers + 1) x (params +
+        them then averaging with the other hosts (sparkdl.dist.barrier); a host takes (workers + 1) x (params +
         layer state + optimizer state) of /dev/shm (2.8 MB each for a 235k-parameter model with Adam),
-        and where it has no room its workers join the ring one by one. False: every worker joins the ring.
+        and where it has no room its workers average over TCP one by one. False: every worker averages over TCP.
+    bind_cpus: barrier mode, Linux: the workers sharing a host's memory bind to disjoint blocks of the CPUs they
+        may use, and one that waits for a slower one hands it its CPUs (sparkdl.dist.host), so that lock-stepped
+        workers do not pile onto one CPU beside a busy process; each gets its CPUs back when the fit ends.
     memory_budget: barrier mode: bytes of a worker's partition it keeps in memory; a larger partition goes to a
         memory-mapped file on local disk and its epochs shuffle minibatch blocks instead of rows
         (sparkdl.dist.spill). Default: half of what Python may use on an executor (spark.executor.pyspark.memory,
@@ -54,7 +57,7 @@ class Options:
                  average_optimizer_state=True, aggregation_depth=2, repartition="always",
                  storage_level="MEMORY_AND_DISK", export_dir=None, seed=None, shuffle=True, collect_stats=True,
                  mode="jobs", backend="auto", server_timeout=600.0, shared_memory=True, ports=None,
-                 memory_budget=None):
+                 memory_budget=None, bind_cpus=True):
         self.num_workers = _int(num_workers, "num_workers", allow_none=True)
         self.batch_size_per_worker = _int(batch_size_per_worker, "batch_size_per_worker")
         self.averaging_frequency = _int(averaging_frequency, "averaging_frequency")
@@ -78,6 +81,7 @@ class Options:
             raise ValueError(f"server_timeout must be > 0 seconds. Received: server_timeout={server_timeout!r}")
         self.server_timeout = float(server_timeout)
         self.shared_memory = bool(shared_memory)
+        self.bind_cpus = bool(bind_cpus)
         self.ports = parse_ports(ports)
         self.memory_budget = _int(memory_budget, "memory_budget", minimum=0, allow_none=True)
 

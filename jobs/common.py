@@ -70,6 +70,17 @@ def one_line(text, limit=600):
 
 
 # -- arguments ------------------------------------------------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    """argparse with the jobs' error contract: a bad argument is one line and a hint, not the usage block."""
+
+    def __init__(self, prog, doc):
+        super().__init__(prog=prog, description=doc.split("\n\n")[0],
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def add_data_args(p, data_help, default=None):
     g = p.add_argument_group("data")
     g.add_argument("--data", default=default, required=default is None, help=data_help)
@@ -90,8 +101,7 @@ def saved_model_parser(prog, doc, data_help, output_default, output_help):
     """The parser evaluate.py and predict.py share: --model-file, --batch-size, the data arguments with --split,
     and an "output and Spark" group holding --output. Returns (parser, model group, output group): callers add
     their own options to those, and --master last."""
-    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog, doc)
     model = p.add_argument_group("model")
     model.add_argument("--model-file", required=True, help="a model file written by jobs/train.py or model.save() "
                        "(local or any Hadoop URI)")
@@ -318,16 +328,6 @@ def read_for_model(args, spark, model, need_labels=True):
     df, features_col, _ = read_data(spark, args.data, args.data_format, args.features_col, args.label_col,
                                     args.split, args.num_features or n_features, need_labels)
     return df, features_col
-
-
-def check_width(df, features_col, model):
-    """Fail in one line, before any task does, when the first row does not fit the model's input."""
-    from sparkdl.spark.data import X, prepare
-    first = prepare(df.limit(1), features_col).select(X).first()
-    n = int(math.prod(model.input_shape))
-    if first is not None and first[0] is not None and len(first[0]) != n:
-        raise JobError(f"features {features_col!r}: rows have {len(first[0])} values, the model takes {n} "
-                       f"(input shape {tuple(model.input_shape)})")
 
 
 def load_model_file(path, need_loss=False):

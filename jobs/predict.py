@@ -41,13 +41,14 @@ def main(argv=None):
     from sparkdl.spark import SparkTrainer
     spark = common.spark_session(args.master, "sparkdl-predict")
     df, features_col = common.read_for_model(args, spark, model, need_labels=False)
-    common.check_width(df, features_col, model)
     predictions = SparkTrainer(model).predict(df, features_col, args.prediction_col, args.probability_col,
                                               args.batch_size)
     if not args.keep_features:
         dropped = [features_col] if isinstance(features_col, str) else list(features_col)
         predictions = predictions.drop(*dropped)
-    predictions.write.mode(args.write_mode).parquet(args.output)
+    from sparkdl.spark.data import task_errors
+    with task_errors():   # the rows are only read here: a bad one is found by a task
+        predictions.write.mode(args.write_mode).parquet(args.output)
     written = spark.read.parquet(args.output)
     line = f"wrote {args.output}"
     if args.label_col in written.columns and getattr(model.loss, "kind", None) in ("multiclass", "binary"):

@@ -9,7 +9,6 @@
 Writes <output-dir>/model.npz, metrics.json and stats.html, and prints the held-out metrics.
 Exit status: 0 on success, 2 with a one-line reason on bad arguments or data.
 """
-import argparse
 import dataclasses
 import os
 import sys
@@ -17,6 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (beside this file; on YARN cluster mode ship it with --py-files jobs/common.py)
 from sparkdl.dist.master import modes  # noqa: E402
+from sparkdl.errors import DataError  # noqa: E402
 
 PROG = "jobs/train.py"
 
@@ -50,8 +50,7 @@ class TrainConfig:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = common.Parser(PROG, __doc__)
     d = TrainConfig()
     g = common.add_data_args(p, f"a built-in dataset {common.BUILTIN_DATA} or a Parquet/CSV/JSON/LibSVM/IDX path "
                              "(local or any Hadoop URI)", default=d.data)
@@ -141,9 +140,12 @@ def model_input_shape(cfg, spec, train, features_col, image_shape):
     from sparkdl.spark.data import X, prepare
     if not isinstance(features_col, str):
         return common.input_shape_for(spec, n_features=len(features_col))
-    first = prepare(train.limit(1), features_col).select(X).first()
+    first = prepare(train.limit(1), features_col, role="training DataFrame").select(X).first()
     if first is None:
         raise common.JobError(f"the training data {cfg.data!r} is empty")
+    if first[0] is None:
+        raise DataError("training DataFrame", features_col, "its first row is null (the model's input size is read "
+                        "from it; give --input-shape)")
     return common.input_shape_for(spec, n_features=len(first[0]))
 
 
@@ -163,6 +165,7 @@ def main(argv=None):
                                 average_optimizer_state=cfg.average_optimizer_state,
                                 export_dir=cfg.export_dir, seed=cfg.seed, ports=cfg.ports)
     trainer = SparkTrainer(model, master)
+    trainer.check(test, features_col, cfg.label_col, "evaluation DataFrame")   # before training, not after it
     history = trainer.fit(train, features_col, cfg.label_col, epochs=cfg.epochs)
     metrics = trainer.evaluate(test, features_col, cfg.label_col)
 

@@ -273,8 +273,9 @@ def test_train_from_csv_columns_with_a_yaml_spec(data, capsys, tmp_path):
 
 @pytest.mark.spark
 @pytest.mark.parametrize("args, needles", [
-    (["--data", "{bad-labels.parquet}"], ["column 'label'", "labels must be in [0, 9]"]),
-    (["--data", "{train.parquet}", "--features-col", "pixels"], ["features column 'pixels' is not in the DataFrame"]),
+    (["--data", "{bad-labels.parquet}"], ["the training DataFrame, column 'label'", "are outside [0, 9]"]),
+    (["--data", "{train.parquet}", "--features-col", "pixels"], ["the training DataFrame, column 'pixels': no such "
+                                                                  "column"]),
     (["--data", "{empty}"], ["Parquet"]),                       # Spark's own analysis error, first line only
     (["--data", "{test.csv}", "--features-col", "pixel0,label2"], ["label2"]),
 ])
@@ -288,7 +289,8 @@ def test_bad_data_fails_in_one_line(data, capsys, tmp_path, args, needles):
 def test_predict_on_data_that_does_not_fit_the_model_fails_in_one_line(trained, data, capsys, tmp_path):
     status, _, err = run_job("predict", ["--model-file", trained / "model.npz", "--data", data["test.csv"],
                                          "--features-col", "pixel0,pixel1", "--output", tmp_path / "p"], capsys)
-    assert_one_line_error(status, err, "predict.py", "rows have 2 values, the model takes 64")
+    assert_one_line_error(status, err, "predict.py", "the prediction DataFrame, column \"features ['pixel0', "
+                          "'pixel1']\": rows of [2] values among the first 16 (expected 64 numbers per row")
 
 
 @pytest.mark.spark

@@ -257,11 +257,12 @@ def test_bad_params_fail_at_fit_naming_the_param(spark):
         (DeepClassifier(optimizer="lbfgs"), r"Param optimizer must be one of"),
         (DeepClassifier(validationFraction=1.0), r"Param validationFraction must be in \[0, 1\)"),
         (DeepClassifier(earlyStoppingPatience=2), r"Param earlyStoppingPatience=2 needs a validation split"),
-        (DeepClassifier(featuresCol="nope"), r"Param featuresCol: features column 'nope' is not in the DataFrame"),
-        (DeepClassifier(featuresCol="text"), r"Param featuresCol: features column 'text' must be a Spark ML vector.*"
-                                             r"received type string"),
-        (DeepClassifier(labelCol="text"), r"Param labelCol: label column 'text' must be numeric"),
-        (DeepClassifier(labelCol="nope"), r"Param labelCol: label column 'nope' is not in the DataFrame"),
+        (DeepClassifier(featuresCol="nope"), r"the training DataFrame, column 'nope': no such column.*"
+                                             r"\(DeepClassifier: Param featuresCol\)"),
+        (DeepClassifier(featuresCol="text"), r"the training DataFrame, column 'text': must be a Spark ML vector.*"
+                                             r"found type string \(DeepClassifier: Param featuresCol\)"),
+        (DeepClassifier(labelCol="text"), r"column 'text': labels must be numeric.*Param labelCol"),
+        (DeepClassifier(labelCol="nope"), r"column 'nope': no such column.*Param labelCol"),
         (DeepClassifier(modelSpec="{not json"), r"Param modelSpec is not a usable sparkdl model spec"),
         (DeepClassifier(modelSpec='{"class_name": "Perceptron", "config": {}}'), r"Param modelSpec is not a usable"),
         (DeepClassifier(modelSpec='{"class_name": "Sequential", "config": {"input_shape": [3], "layers": '
@@ -285,5 +286,6 @@ def test_transform_refuses_existing_output_columns(fitted, cancer):
     df = _prepared(fitted[1], cancer[1]).withColumnRenamed("diagnosis", "probability")
     with pytest.raises(ValueError, match="Param probabilityCol: output column 'probability' already exists"):
         model.transform(df)
-    with pytest.raises(ValueError, match="Param featuresCol: features column 'raw_missing' is not in"):
+    with pytest.raises(ValueError, match=r"the prediction DataFrame, column 'raw_missing': no such column.*"
+                                         r"Param featuresCol"):
         model.copy({model.featuresCol: "raw_missing"}).transform(df)

@@ -1,6 +1,7 @@
 """The driver's side of one distributed fit, shared by every master and Spark-free: what to ship, the round
 schedule, how an averaged round is applied (history, stats, callbacks, progress), resume and roll-back."""
 import json
+import logging
 import math
 import time
 
@@ -12,6 +13,8 @@ from ..train.progress import Progress
 from ..train.stats import TrainingStats
 from . import schedule
 from .averaging import Contribution
+
+log = logging.getLogger("sparkdl")
 
 
 def label_dtype(loss_kind):
@@ -47,9 +50,9 @@ class FitRun:
         """The workers hold ``shard_sizes`` rows: settle the schedule and begin (``logs``: for on_train_begin,
         e.g. where the workers run)."""
         empty = [i for i, n in enumerate(shard_sizes) if n == 0]
-        if empty:
-            raise ValueError(f"worker partitions {empty} are empty ({len(shard_sizes)} workers for "
-                             f"{sum(shard_sizes)} rows); use repartition='always' or fewer workers")
+        if empty:   # as the schedule has workers whose shard is used up sit a round out
+            log.warning("sparkdl: the partitions of workers %s are empty (%d workers for %d rows); those workers "
+                        "sit the fit out", empty, len(shard_sizes), sum(shard_sizes))
         self.shard_sizes = list(shard_sizes)
         self.rows = sum(shard_sizes)
         self.rounds_per_epoch = schedule.rounds_per_epoch(shard_sizes, self.master.batch_size_per_worker,

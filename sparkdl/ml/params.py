@@ -193,12 +193,13 @@ def checked(instance):
     return p
 
 
-def check_column(df, param, column, who):
-    """``column`` (the value of Param ``param``: featuresCol or labelCol) exists and has a type the data path
-    reads; the data path's own check, with the Param named."""
+def check_column(df, param, column, who, role):
+    """``column`` (the value of Param ``param``: featuresCol or labelCol) of the ``role`` DataFrame exists and has a
+    type the data path reads; the data path's own check, with the Param named."""
+    from ..errors import DataError
     from ..spark import data
     check = data.features_expr if param == "featuresCol" else data.label_expr
     try:
-        check(df, column)
-    except ValueError as e:
-        raise ValueError(f"{who}: Param {param}: {e}") from None
+        check(df, column, role)
+    except DataError as e:
+        raise DataError(e.role, e.column, f"{e.problem} ({who}: Param {param})") from None

@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 
+from ..errors import DataError
 from ..spark import ParameterAveraging, SparkTrainer, data
 from .params import check_column, checked
 from .summary import DeepTrainingSummary
@@ -16,8 +17,8 @@ def fit(estimator, df, kind):
     """(compiled, trained sparkdl model, History, DeepTrainingSummary) for ``kind`` "classifier"/"regressor"."""
     who = type(estimator).__name__
     p = checked(estimator)
-    check_column(df, "featuresCol", p["featuresCol"], who)
-    check_column(df, "labelCol", p["labelCol"], who)
+    check_column(df, "featuresCol", p["featuresCol"], who, "training DataFrame")
+    check_column(df, "labelCol", p["labelCol"], who, "training DataFrame")
     network = build(p, df, kind, who)
     sc = df.sparkSession.sparkContext
     master = ParameterAveraging(num_workers=p["numWorkers"] or None, batch_size_per_worker=p["batchSize"],
@@ -93,11 +94,12 @@ def _check_outputs(shape, loss, kind, who):
 
 def _features_length(df, features_col, who):
     from pyspark.sql import functions as F
-    row = data.prepare(df, features_col).select(F.size(data.X)).first()
+    role = "training DataFrame"
+    row = data.prepare(df, features_col, role=role).select(F.size(data.X)).first()
     if row is None:
-        raise ValueError(f"{who}: the training DataFrame is empty")
+        raise DataError(role, features_col, f"the DataFrame is empty ({who})")
     if row[0] is None or row[0] < 1:
-        raise ValueError(f"{who}: Param featuresCol: column {features_col!r} holds a null or empty row")
+        raise DataError(role, features_col, f"its first row is null or empty ({who}: Param featuresCol)")
     return int(row[0])
 
 
@@ -133,7 +135,7 @@ def transform(model, df, outputs):
     if model._network is None:
         raise RuntimeError(f"{who} has no network; fit an estimator or load a saved model")
     features_col = model.getFeaturesCol()
-    check_column(df, "featuresCol", features_col, who)
+    check_column(df, "featuresCol", features_col, who, "prediction DataFrame")
     outputs = {k: v for k, v in outputs.items() if v}
     for param, column in outputs.items():
         if column in df.columns:

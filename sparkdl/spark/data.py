@@ -5,8 +5,12 @@ become one ``array<float>`` column; an Arrow batch of it turns into a (rows, fea
 per-row Python work (``ListArray.values`` is the contiguous float buffer). The executor reshapes it to the
 model's input shape.
 """
+import contextlib
+
 import numpy as np
 import pyarrow as pa
+
+from ..errors import DataError, from_task_failure
 
 X, Y = "__sparkdl_x", "__sparkdl_y"   # the prepared columns
 NUMERIC = ("byte", "short", "int", "long", "float", "double", "decimal")
@@ -16,124 +20,207 @@ def _type_name(dt):
     return dt.simpleString()
 
 
-def features_expr(df, features_col):
+def _columns(features_col):
+    return [features_col] if isinstance(features_col, str) else list(features_col)
+
+
+def column_name(features_col):
+    """How errors name the features: the column, or the list of numeric columns."""
+    return features_col if isinstance(features_col, str) else f"features {list(features_col)}"
+
+
+def features_expr(df, features_col, role="DataFrame"):
     """A Column of array<float> for ``features_col`` (a column name or a list of numeric column names)."""
     from pyspark.ml.functions import vector_to_array
     from pyspark.ml.linalg import VectorUDT
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType, NumericType
 
-    cols = [features_col] if isinstance(features_col, str) else list(features_col)
+    cols = _columns(features_col)
     if not cols:
         raise ValueError("features_col must name a column or a non-empty list of numeric columns. Received: []")
     for c in cols:
         if c not in df.columns:
-            raise ValueError(f"features column {c!r} is not in the DataFrame; its columns are {df.columns}")
+            raise DataError(role, c, f"no such column; the DataFrame's columns are {df.columns}")
     if len(cols) > 1:
         bad = [(c, _type_name(df.schema[c].dataType)) for c in cols
                if not isinstance(df.schema[c].dataType, NumericType)]
         if bad:
-            raise ValueError(f"feature columns must be numeric; received {bad}")
+            raise DataError(role, column_name(cols), f"feature columns must be numeric; found {bad}")
         return F.array(*[F.col(c).cast("float") for c in cols])
     c = cols[0]
     dt = df.schema[c].dataType
-    if isinstance(dt, VectorUDT):
-        return vector_to_array(F.col(c), "float32")
+    if isinstance(dt, VectorUDT):   # converted only where not null: the conversion fails on a null vector
+        return F.when(F.col(c).isNotNull(), vector_to_array(F.col(c), "float32"))
     if isinstance(dt, ArrayType) and isinstance(dt.elementType, NumericType):
         return F.col(c).cast("array<float>")
     if isinstance(dt, NumericType):
         return F.array(F.col(c).cast("float"))
-    raise ValueError(f"features column {c!r} must be a Spark ML vector, an array of numbers or numeric; "
-                     f"received type {_type_name(dt)}")
+    raise DataError(role, c, f"must be a Spark ML vector, an array of numbers or numeric; found type "
+                             f"{_type_name(dt)}")
 
 
-def label_expr(df, label_col):
+def label_expr(df, label_col, role="DataFrame"):
     from pyspark.sql import functions as F
     from pyspark.sql.types import NumericType
     if label_col not in df.columns:
-        raise ValueError(f"label column {label_col!r} is not in the DataFrame; its columns are {df.columns}")
+        raise DataError(role, label_col, f"no such column; the DataFrame's columns are {df.columns}")
     dt = df.schema[label_col].dataType
     if not isinstance(dt, NumericType):
-        raise ValueError(f"label column {label_col!r} must be numeric; received type {_type_name(dt)}")
+        raise DataError(role, label_col, f"labels must be numeric; found type {_type_name(dt)}")
     return F.col(label_col).cast("double")
 
 
-def prepare(df, features_col, label_col=None, keep=False):
+def prepare(df, features_col, label_col=None, keep=False, role="DataFrame"):
     """The DataFrame with the prepared columns X (array<float>) and Y (double), plus the original ones if
     ``keep`` (prediction passes them through)."""
-    cols = [features_expr(df, features_col).alias(X)]
+    cols = [features_expr(df, features_col, role).alias(X)]
     if label_col is not None:
-        cols.append(label_expr(df, label_col).alias(Y))
+        cols.append(label_expr(df, label_col, role).alias(Y))
     return df.select(*(["*"] if keep else []), *cols)
+
+
+def _show(values):
+    """A short text for one example value (an array is cut after a few values)."""
+    if values is None:
+        return "null"
+    if isinstance(values, (list, tuple)):
+        head = ", ".join("null" if v is None else f"{v:g}" for v in values[:4])
+        return f"[{head}{', ...' if len(values) > 4 else ''}] ({len(values)} values)"
+    return f"{values:g}"
+
+
+def _example(prepared, condition, features_col, label_col):
+    """', e.g. features=[...], label=...' for the first row where ``condition`` holds (one more small job, run
+    only when a check failed)."""
+    has_y = Y in prepared.columns
+    row = prepared.where(condition).select(X, *([Y] if has_y else [])).first()
+    if row is None:
+        return ""
+    text = f"{column_name(features_col)}={_show(row[0])}"
+    if has_y:
+        text += f", {label_col}={_show(row[1])}"
+    return f"; e.g. {text}"
 
 
 def validate(prepared, n_features, loss_kind=None, num_classes=None, features_col="features",
              label_col="label", what="DataFrame"):
-    """One aggregation job over the prepared DataFrame; raises ValueError naming the column, the expected
-    and the received values, and how many rows are wrong. Returns the row count."""
+    """One aggregation job over the prepared DataFrame; raises DataError naming the DataFrame's role (``what``),
+    the column, what was expected and what was found, how many rows are wrong and an example. Returns the row
+    count."""
     from pyspark.sql import functions as F
     x, has_y = F.col(X), Y in prepared.columns
     count_if = lambda cond: F.sum(F.when(cond, 1).otherwise(0))
+    wrong_len = x.isNotNull() & (F.size(x) != n_features)
+    has_null = x.isNotNull() & F.exists(x, lambda v: v.isNull())
+    nonfinite_x = x.isNotNull() & F.exists(x, lambda v: F.isnan(v) | (F.abs(v) == float("inf")))
     aggs = [F.count(F.lit(1)).alias("rows"), count_if(x.isNull()).alias("null_x"),
-            F.min(F.when(x.isNotNull(), F.size(x))).alias("min_len"),
-            F.max(F.when(x.isNotNull(), F.size(x))).alias("max_len"),
-            count_if(F.exists(x, lambda v: v.isNull())).alias("null_values"),
-            count_if(F.exists(x, lambda v: F.isnan(v) | (F.abs(v) == float("inf")))).alias("nonfinite_x")]
+            count_if(wrong_len).alias("wrong_len"),
+            F.min(F.when(wrong_len, F.size(x))).alias("min_len"),   # of the rows of a wrong length
+            F.max(F.when(wrong_len, F.size(x))).alias("max_len"),
+            count_if(has_null).alias("null_values"), count_if(nonfinite_x).alias("nonfinite_x")]
     if has_y:
         y = F.col(Y)
         aggs += [count_if(y.isNull()).alias("null_y"), count_if(F.isnan(y) | (F.abs(y) == float("inf"))).alias("nonfinite_y"),
                  F.min(y).alias("min_y"), F.max(y).alias("max_y"), count_if(y != F.floor(y)).alias("fractional_y")]
+        if loss_kind == "multiclass":
+            aggs.append(count_if((y < 0) | (y >= num_classes)).alias("out_of_range"))
+        elif loss_kind == "binary":
+            aggs.append(count_if((y < 0) | (y > 1)).alias("out_of_range"))
     r = prepared.agg(*aggs).first().asDict()
     rows = r["rows"]
-    fc = features_col if isinstance(features_col, str) else f"features {list(features_col)}"
+    fc = column_name(features_col)
     if rows == 0:
-        raise ValueError(f"the {what} is empty: it needs at least one row")
+        raise DataError(what, fc, "no rows: the DataFrame is empty, and training or evaluating needs one")
+
+    def fail(column, count, problem, condition):
+        raise DataError(what, column, f"{count} of {rows} rows {problem}"
+                                      f"{_example(prepared, condition, features_col, label_col)}")
+
+    expected = f"{n_features} numbers per row, the model's input"
     if r["null_x"]:
-        raise ValueError(f"column {fc!r}: {r['null_x']} of {rows} rows are null")
+        fail(fc, r["null_x"], f"are null (expected {expected})", x.isNull())
+    if r["wrong_len"]:
+        found = r["min_len"] if r["min_len"] == r["max_len"] else f"{r['min_len']} to {r['max_len']}"
+        fail(fc, r["wrong_len"], f"have {found} values (expected {expected})", wrong_len)
     if r["null_values"]:
-        raise ValueError(f"column {fc!r}: {r['null_values']} of {rows} rows hold null values")
-    if r["min_len"] != n_features or r["max_len"] != n_features:
-        raise ValueError(f"column {fc!r}: every row must have {n_features} values (the model input); received rows "
-                         f"with {r['min_len']} to {r['max_len']} values")
+        fail(fc, r["null_values"], "hold null values", has_null)
     if r["nonfinite_x"]:
-        raise ValueError(f"column {fc!r}: {r['nonfinite_x']} of {rows} rows hold NaN or infinite values")
+        fail(fc, r["nonfinite_x"], "hold NaN or infinite values", nonfinite_x)
     if not has_y:
         return rows
+    y = F.col(Y)
     if r["null_y"]:
-        raise ValueError(f"column {label_col!r}: {r['null_y']} of {rows} rows are null")
+        fail(label_col, r["null_y"], "are null", y.isNull())
     if r["nonfinite_y"]:
-        raise ValueError(f"column {label_col!r}: {r['nonfinite_y']} of {rows} rows are NaN or infinite")
+        fail(label_col, r["nonfinite_y"], "are NaN or infinite", F.isnan(y) | (F.abs(y) == float("inf")))
     if loss_kind == "multiclass":
         if r["fractional_y"]:
-            raise ValueError(f"column {label_col!r}: labels must be integer class indices; {r['fractional_y']} of "
-                             f"{rows} rows are not integers")
-        if r["min_y"] < 0 or r["max_y"] >= num_classes:
-            raise ValueError(f"column {label_col!r}: labels must be in [0, {num_classes - 1}] (the model has "
-                             f"{num_classes} outputs); received labels in [{r['min_y']:g}, {r['max_y']:g}]")
-    elif loss_kind == "binary" and (r["min_y"] < 0 or r["max_y"] > 1):
-        raise ValueError(f"column {label_col!r}: binary targets must be in [0, 1]; received values in "
-                         f"[{r['min_y']:g}, {r['max_y']:g}]")
+            fail(label_col, r["fractional_y"], "are not integers (labels must be integer class indices)",
+                 y != F.floor(y))
+        if r["out_of_range"]:
+            fail(label_col, r["out_of_range"], f"are outside [0, {num_classes - 1}] (the model has {num_classes} "
+                                               f"outputs; labels found in [{r['min_y']:g}, {r['max_y']:g}])",
+                 (y < 0) | (y >= num_classes))
+    elif loss_kind == "binary" and r["out_of_range"]:
+        fail(label_col, r["out_of_range"], f"are outside [0, 1] (binary targets; found values in "
+                                           f"[{r['min_y']:g}, {r['max_y']:g}])", (y < 0) | (y > 1))
     return rows
 
 
-def batch_to_numpy(batch, n_features, with_labels=True):
+def check_sample(prepared, n_features, features_col, what, rows=16):
+    """The first ``rows`` rows' features (a cheap job: Spark reads only what it needs): for prediction, whose
+    DataFrame is not scanned before the user's own action."""
+    from pyspark.sql import functions as F
+    sizes = [r[0] for r in prepared.select(F.size(F.col(X))).limit(rows).collect()]
+    fc = column_name(features_col)
+    nulls = sum(1 for v in sizes if v is None or v < 0)
+    if nulls:
+        raise DataError(what, fc, f"{nulls} of the first {len(sizes)} rows are null (expected {n_features} numbers "
+                                  f"per row, the model's input)")
+    bad = sorted({v for v in sizes if v != n_features})
+    if bad:
+        raise DataError(what, fc, f"rows of {bad} values among the first {len(sizes)} (expected {n_features} "
+                                  f"numbers per row, the model's input)")
+
+
+def batch_to_numpy(batch, n_features, with_labels=True, what="DataFrame", features_col="features"):
     """(x float32 (rows, n_features), y float64 (rows,) or None) from an Arrow batch of prepared columns,
-    without per-row Python: the list column's child buffer is already row-major."""
+    without per-row Python: the list column's child buffer is already row-major. A malformed row is a DataError
+    naming ``what`` (the DataFrame's role) and ``features_col``."""
     col = batch.column(batch.schema.get_field_index(X))
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     n = len(col)
+    if col.null_count:
+        raise DataError(what, column_name(features_col), f"{col.null_count} of {n} rows of a batch are null "
+                                                         f"(expected {n_features} numbers per row)")
     offsets = col.offsets.to_numpy()
     values = col.values.to_numpy(zero_copy_only=False)
     start = offsets[0]
     if offsets[-1] - start != n * n_features or (n and (np.diff(offsets) != n_features).any()):
-        raise ValueError(f"every features row must have {n_features} values; received a batch with rows of "
-                         f"{np.unique(np.diff(offsets)).tolist()} values")
+        raise DataError(what, column_name(features_col), f"a batch has rows of "
+                                                         f"{np.unique(np.diff(offsets)).tolist()} values, not "
+                                                         f"{n_features} (the model's input)")
     x = np.asarray(values[start:start + n * n_features], np.float32).reshape(n, n_features)
     if not with_labels:
         return x, None
     ycol = batch.column(batch.schema.get_field_index(Y))
     return x, ycol.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+
+
+@contextlib.contextmanager
+def task_errors():
+    """A DataError that a task raised reaches the caller as itself, not as the Spark failure that wraps it."""
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as e:
+        found = from_task_failure(e)
+        if found is None:
+            raise
+        raise found from None
 
 
 def partition_to_numpy(batches, n_features, label_dtype, input_shape=None, budget=None, batch_size=1, directory=None):

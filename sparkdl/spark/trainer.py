@@ -7,6 +7,7 @@ import pyarrow as pa
 
 from .. import io
 from ..dist import wire
+from ..errors import DataError
 from ..dist.run import FitRun
 from . import data
 from .master import ParameterAveraging, _storage_level
@@ -32,7 +33,7 @@ class SparkTrainer:
 
     def _prepared(self, df, features_col, label_col, what):
         model = self.model
-        prepared = data.prepare(df, features_col, label_col)
+        prepared = data.prepare(df, features_col, label_col, role=what)
         n_features = int(np.prod(model.input_shape))
         kind = model.loss.kind if label_col is not None else None
         rows = data.validate(prepared, n_features, kind, model.output_shape[-1], features_col, label_col, what)
@@ -47,11 +48,6 @@ class SparkTrainer:
         resume_round = self._resume(resume_from) if resume_from is not None else 0
         level = _storage_level(master.storage_level)
         prepared, rows = self._prepared(df, features_col, label_col, "training DataFrame")
-        n_workers = master.workers_for(prepared)[0]
-        need = n_workers * master.batch_size_per_worker
-        if rows < need:
-            raise ValueError(f"the training DataFrame has {rows} rows, fewer than num_workers * "
-                             f"batch_size_per_worker = {n_workers} * {master.batch_size_per_worker} = {need}")
         persisted = [prepared.persist(level)]
         evaluate_validation = None
         try:
@@ -59,14 +55,18 @@ class SparkTrainer:
                 val, _ = self._prepared(validation_df, features_col, label_col, "validation DataFrame")
                 if master.mode == "barrier":
                     # the barrier stage holds the executors' slots: validate on the driver, data collected once
-                    vx, vy = data.batch_to_numpy(val.select(data.X, data.Y).toArrow(), int(np.prod(model.input_shape)))
+                    with data.task_errors():
+                        table = val.select(data.X, data.Y).toArrow()
+                    vx, vy = data.batch_to_numpy(table, int(np.prod(model.input_shape)), True, "validation DataFrame",
+                                                 features_col)
                     vx = vx.reshape((-1,) + tuple(model.input_shape))
                     evaluate_validation = lambda: model.evaluate(vx, vy)
                 else:
                     persisted.append(val.persist(level))
-                    evaluate_validation = lambda: self._evaluate_prepared(val)
+                    evaluate_validation = lambda: self._evaluate_prepared(val, 1024, "validation DataFrame", features_col)
             run = FitRun(model, master, epochs, callbacks, evaluate_validation, verbose, resume_round)
-            history = master.fit(run, prepared)
+            with data.task_errors():
+                history = master.fit(run, prepared)
         finally:
             for p in persisted:
                 p.unpersist()
@@ -87,14 +87,20 @@ class SparkTrainer:
             raise ValueError(f"{path!r} is a model file but not a round checkpoint (no round counter)")
         return int(saved.meta["round"])
 
+    def check(self, df, features_col="features", label_col="label", role="evaluation DataFrame"):
+        """Check ``df`` as ``fit`` and ``evaluate`` do, in one Spark job, without training (for data that is used
+        later, such as a test set); raises sparkdl.DataError naming ``role`` and the column. Returns the row count."""
+        self._check_model("check")
+        return self._prepared(df, features_col, label_col, role)[1]
+
     # -- evaluation and inference ------------------------------------------------------------------------
     def evaluate(self, df, features_col="features", label_col="label", batch_size=1024):
         """The model's loss and metrics over ``df``, computed on executors and merged on the driver."""
         self._check_model("evaluate")
         prepared, _ = self._prepared(df, features_col, label_col, "evaluation DataFrame")
-        return self._evaluate_prepared(prepared, batch_size)
+        return self._evaluate_prepared(prepared, batch_size, "evaluation DataFrame", features_col)
 
-    def _evaluate_prepared(self, prepared, batch_size=1024):
+    def _evaluate_prepared(self, prepared, batch_size=1024, what="validation DataFrame", features_col="features"):
         sc = prepared.sparkSession.sparkContext
         bc, key = sc.broadcast(io.model_to_bytes(self.model)), uuid.uuid4().hex
         n_features, input_shape = int(np.prod(self.model.input_shape)), tuple(self.model.input_shape)
@@ -104,14 +110,15 @@ class SparkTrainer:
             model = _cached_model(key, bc)
             totals = None
             for b in batches:
-                x, y = data.batch_to_numpy(b, n_features)
+                x, y = data.batch_to_numpy(b, n_features, True, what, features_col)
                 part = model.evaluate_partials(x.reshape((-1,) + input_shape), y, batch_size)
                 totals = part if totals is None else _merge_partials(totals, part)
             if totals is not None:
                 yield pa.record_batch([pa.array([_encode(totals)], pa.binary())], names=["partials"])
 
         sc.setJobDescription("sparkdl: evaluate")
-        rows = prepared.mapInArrow(partials, "partials binary").collect()
+        with data.task_errors():
+            rows = prepared.mapInArrow(partials, "partials binary").collect()
         bc.destroy()
         totals = None
         for row in rows:
@@ -133,7 +140,9 @@ class SparkTrainer:
         for c in (output_col, probability_col):
             if c in df.columns:
                 raise ValueError(f"output column {c!r} already exists in the DataFrame; choose another name")
-        prepared = data.prepare(df, features_col, keep=True)
+        what = "prediction DataFrame"
+        prepared = data.prepare(df, features_col, keep=True, role=what)
+        data.check_sample(prepared, int(np.prod(model.input_shape)), features_col, what)
         fields = list(df.schema.fields)
         if kind in ("multiclass", "binary"):
             fields += [StructField(probability_col, ArrayType(FloatType(), False)),
@@ -152,9 +161,11 @@ class SparkTrainer:
             from sparkdl.spark.trainer import _cached_model
             m = _cached_model(key, bc)
             for b in batches:
-                x, _ = data.batch_to_numpy(b, n_features, with_labels=False)
+                x, _ = data.batch_to_numpy(b, n_features, False, what, features_col)
                 if not np.isfinite(x).all():
-                    raise ValueError(f"column {features_col!r}: NaN or infinite feature values in a batch")
+                    bad = int((~np.isfinite(x)).any(axis=1).sum())
+                    raise DataError(what, data.column_name(features_col), f"{bad} of {len(x)} rows of a batch hold "
+                                                                          f"NaN or infinite values")
                 out = m.predict(x.reshape((-1,) + input_shape), batch_size)
                 cols = [b.column(b.schema.get_field_index(n)) for n in names]
                 if kind in ("multiclass", "binary"):

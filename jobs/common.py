@@ -28,13 +28,26 @@ class JobError(Exception):
     """Bad arguments or data: the job exits with status 2 and this one-line reason."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the job: it exits with status 130 and this one-line reason."""
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt   # SIGTERM ends a job as Ctrl-C does (a fit handles both itself while it runs)
+
+
 # -- the error contract ---------------------------------------------------------------------------------------
 def run(prog, main, argv=None):
     """``main(argv)``'s status; bad arguments or data (sparkdl's ValueErrors, missing files, Spark's analysis
     errors, a task that failed on bad data) print ``prog: error: <one line>`` to stderr and give 2. Anything
     else is a bug and keeps its traceback."""
+    import signal
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return main(argv)
+    except KeyboardInterrupt as e:   # Ctrl-C or SIGTERM; a fit says where it stopped
+        print(f"{prog}: {one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
+        return 130
     except (JobError, ValueError, OSError, FloatingPointError) as e:
         reason = str(e)
     except RuntimeError as e:

@@ -46,6 +46,8 @@ class TrainConfig:
     export_dir: str = None
     seed: int = 0
     output_dir: str = "out"
+    checkpoint_every: str = "epoch"
+    resume: bool = False
     master: str = None
 
 
@@ -82,6 +84,11 @@ def parse_args(argv=None):
     g = p.add_argument_group("output and Spark")
     g.add_argument("--output-dir", default=d.output_dir, help="where model.npz, metrics.json, stats.html go "
                    "(local or any Hadoop URI)")
+    g.add_argument("--checkpoint-every", default=d.checkpoint_every, help="write OUTPUT_DIR/checkpoint.npz (the model, "
+                   "its optimizer state and the round) every N averaging rounds, or at every epoch end with 'epoch'; 0: "
+                   "never")
+    g.add_argument("--resume", action="store_true", help="go on from OUTPUT_DIR/checkpoint.npz (same data, model and "
+                   "training options: the result is that of an uninterrupted run)")
     common.add_master_arg(g)
     a = p.parse_args(argv)
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in TrainConfig.__dataclass_fields__})
@@ -93,6 +100,13 @@ def parse_args(argv=None):
         p.error(str(e))
     if not 0 < cfg.test_fraction < 1:
         p.error(f"--test-fraction must be in (0, 1). Received: {cfg.test_fraction}")
+    if cfg.checkpoint_every != "epoch":
+        try:
+            cfg.checkpoint_every = int(cfg.checkpoint_every)
+            if cfg.checkpoint_every < 0:
+                raise ValueError
+        except ValueError:
+            p.error(f"--checkpoint-every must be 'epoch' or a number of rounds >= 0. Received: {a.checkpoint_every}")
     return cfg
 
 
@@ -166,11 +180,29 @@ def main(argv=None):
                                 export_dir=cfg.export_dir, seed=cfg.seed, ports=cfg.ports)
     trainer = SparkTrainer(model, master)
     trainer.check(test, features_col, cfg.label_col, "evaluation DataFrame")   # before training, not after it
-    history = trainer.fit(train, features_col, cfg.label_col, epochs=cfg.epochs)
+    out = lambda name: common.out_path(cfg.output_dir, name)
+    from sparkdl import fs
+    from sparkdl.errors import FitInterrupted
+    from sparkdl.train import RoundCheckpoint
+    checkpoint = out("checkpoint.npz")
+    if cfg.resume and not fs.exists(checkpoint):
+        raise common.JobError(f"--resume: there is no checkpoint to resume from at {checkpoint}")
+    callbacks = []
+    if cfg.checkpoint_every:
+        fs.makedirs(cfg.output_dir)
+        callbacks.append(RoundCheckpoint(checkpoint, every=cfg.checkpoint_every))
+    try:
+        history = trainer.fit(train, features_col, cfg.label_col, epochs=cfg.epochs, callbacks=callbacks,
+                              resume_from=checkpoint if cfg.resume else None)
+    except FitInterrupted as e:
+        saved = callbacks[0].last_round if callbacks else None
+        if saved is None and cfg.resume:
+            saved = "the one resumed from"
+        raise common.Interrupted(f"{e}; " + (f"the checkpoint of round {saved} is in {checkpoint}: resume with --resume"
+                                             if saved else "no checkpoint was written (see --checkpoint-every)")) from None
     metrics = trainer.evaluate(test, features_col, cfg.label_col)
 
     from sparkdl import io
-    out = lambda name: common.out_path(cfg.output_dir, name)
     common.write_bytes(out("model.npz"), io.model_to_bytes(model))
     common.write_text(out("stats.html"), history.stats.to_html(title=f"sparkdl: {cfg.data}, {cfg.model}"))
     summary = history.stats.summary()

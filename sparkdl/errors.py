@@ -12,6 +12,19 @@ class DataError(ValueError):
         super().__init__(f"the {role}, column {column!r}: {problem}")
 
 
+class FitInterrupted(KeyboardInterrupt):
+    """A distributed fit stopped by SIGINT (Ctrl-C) or SIGTERM, its Spark jobs cancelled and its workers stopped.
+    The model holds the average of round ``synced`` (1-based; 0: none), the last one the driver had: every round in
+    jobs mode, epoch ends and the rounds callbacks read in barrier mode. ``epoch`` and ``round`` (1-based; the
+    round counted over the whole fit, of ``rounds``) say which round was running."""
+
+    def __init__(self, signal, epoch, round, rounds, synced):
+        self.signal, self.epoch, self.round, self.rounds, self.synced = signal, epoch, round, rounds, synced
+        where = f"at epoch {epoch}, round {round} of {rounds}" if rounds else "before the first round"
+        super().__init__(f"interrupted ({signal}) {where}; the model holds the average of round {synced}"
+                         if synced else f"interrupted ({signal}) {where}; the model is as it was before the fit")
+
+
 # how a DataError raised in a Python worker reads inside the JVM's error text (a PythonException or a
 # Py4JJavaError chain): the traceback's last line
 _IN_TASK = re.compile(r"sparkdl\.errors\.DataError: the (.+?), column (?:'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"): "

@@ -41,7 +41,7 @@ import numpy as np
 
 from . import schedule, shm, wire
 from .averaging import Contribution, Tally
-from .control import Control, ControlServer, WorkerLost
+from .control import Control, ControlServer, Stopped, WorkerLost
 from .host import HostGroup
 from .master import Master, register
 from .mesh import Mesh, bounds
@@ -248,6 +248,8 @@ def worker_main(ctx, spec, x, y, read_s=0.0):
     except BaseException as e:
         if group is not None:
             group.abort()   # the other workers of this host stop waiting for this one
+        if isinstance(e, Stopped) or (control is not None and isinstance(e, Exception) and control.stopped(1.0)):
+            return n_rows   # the fit was interrupted: the task ends quietly, as the fit does
         if control is not None:
             try:
                 control.send({"type": "error", "reason": f"{type(e).__name__}: {e}"})
@@ -440,6 +442,8 @@ class BarrierDriver:
             try:
                 total, arrays, timing = self._round(r, g)
             except WorkerLost as lost:
+                if run.stop_signal is not None:   # the workers were stopped: the fit ends here
+                    raise run.interrupted() from None
                 # Spark retries the barrier stage: the new workers start from the model the driver holds
                 if self.stage_done:
                     raise
@@ -566,6 +570,14 @@ class BarrierDriver:
     def abort(self, reason):
         self.server.abort(reason)
 
+    def stop(self, reason, grace=3.0):
+        """Stop the workers quietly (their tasks end as the fit's would) and wait up to ``grace`` seconds for the
+        stage to end, before anything cancels it."""
+        self.server.abort(reason, kind="stop")
+        deadline = time.monotonic() + grace
+        while not self.stage_done and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     def close(self):
         self.server.close()
 
@@ -583,6 +595,8 @@ class Barrier(Master):
                                memory_budget=launcher.memory_budget(options.memory_budget),
                                bind_cpus=options.bind_cpus)
         failure = []
+        # on a signal: first the workers end their tasks quietly, then the launcher cancels what is left
+        run.stoppers.insert(0, lambda: driver.stop(f"the fit was interrupted ({run.stop_signal})"))
 
         def serve():
             try:

@@ -31,6 +31,10 @@ class Aborted(RuntimeError):
     """The driver aborted the fit, or closed its connection."""
 
 
+class Stopped(Aborted):
+    """The driver stopped the fit (it was interrupted): the workers end their tasks quietly."""
+
+
 def _kind(header):
     return {"model": "model", "start": "model", "stats": "stats"}.get(header.get("type"), "control")
 
@@ -63,7 +67,9 @@ class ControlServer:
         try:
             if wire.challenge(conn, self.secret):
                 header, _ = wire.recv(conn, max_bytes=0)
-                if header.get("type") == "hello" and isinstance(header.get("worker"), int):
+                # type() and not isinstance: True is an int too; a non-int attempt would break wait_for_workers
+                if header.get("type") == "hello" and type(header.get("worker")) is int and \
+                        type(header.get("attempt", 0)) is int:
                     conn.settimeout(None)
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     self.joined.put((header, conn))
@@ -154,7 +160,8 @@ class ControlServer:
             self.bytes["control"] += size
             if header["type"] == "error":
                 raise WorkerLost(w, header.get("reason", "it reported an error"))
-            self._finished[w] = f"its last message was for round {header.get('round', -2) + 1}"
+            last = header.get("round", -2)
+            self._finished[w] = f"its last message was for round {last + 1 if type(last) is int else repr(last)}"
             return
         self._inbox[w].append((header, arrays, size))
 
@@ -168,10 +175,12 @@ class ControlServer:
         for w in sorted(self.workers):
             self.send(w, header, arrays)
 
-    def abort(self, reason):
+    def abort(self, reason, kind="abort"):
+        """Tell every worker to give up (``kind`` "abort": its task fails) or to stop (``kind`` "stop": its task
+        ends as if the fit had, for a fit that was interrupted)."""
         for _, conn in self.workers.values():
             try:
-                wire.send(conn, {"type": "abort", "reason": reason})
+                wire.send(conn, {"type": kind, "reason": reason})
             except OSError:
                 pass
 
@@ -231,7 +240,24 @@ class Control:
             raise Aborted(f"the driver closed the connection: {e}") from None
         if header.get("type") == "abort":
             raise Aborted(f"the driver aborted the fit: {header.get('reason')}")
+        if header.get("type") == "stop":
+            raise Stopped(f"the driver stopped the fit: {header.get('reason')}")
         self.inbox.append((header, arrays))
+
+    def stopped(self, wait):
+        """Whether the driver has stopped the fit, waiting up to ``wait`` seconds for its word (a peer that ended
+        because of the stop may be heard of before the driver's own message arrives)."""
+        deadline = time.monotonic() + wait
+        try:
+            while True:
+                ready = select.select([self.sock], [], [], max(deadline - time.monotonic(), 0))[0]
+                if not ready:
+                    return False
+                self._read()
+        except Stopped:
+            return True
+        except Aborted:
+            return False
 
     def expect(self, kind, round_=None, timeout=600.0):
         """The next message from the driver, which must be a ``kind`` message (one of them, for a tuple; for

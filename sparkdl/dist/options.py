@@ -49,6 +49,8 @@ class Options:
         memory-mapped file on local disk and its epochs shuffle minibatch blocks instead of rows
         (sparkdl.dist.spill). Default: half of what Python may use on an executor (spark.executor.pyspark.memory,
         else its memory overhead) shared by its task slots; in local mode half of the machine's memory.
+    round_retries: jobs mode, where Spark itself would not retry a failed task (local[N] masters): how often a
+        failed round (a killed Python worker, a lost executor) is run again before the fit fails.
     ports: barrier mode: the port range ("40000-40100" or (40000, 40100)) the driver and the workers listen on,
         for clusters whose firewalls open only some ports; default any free port.
     """
@@ -57,7 +59,7 @@ class Options:
                  average_optimizer_state=True, aggregation_depth=2, repartition="always",
                  storage_level="MEMORY_AND_DISK", export_dir=None, seed=None, shuffle=True, collect_stats=True,
                  mode="jobs", backend="auto", server_timeout=600.0, shared_memory=True, ports=None,
-                 memory_budget=None, bind_cpus=True):
+                 memory_budget=None, bind_cpus=True, round_retries=3):
         self.num_workers = _int(num_workers, "num_workers", allow_none=True)
         self.batch_size_per_worker = _int(batch_size_per_worker, "batch_size_per_worker")
         self.averaging_frequency = _int(averaging_frequency, "averaging_frequency")
@@ -82,6 +84,7 @@ class Options:
         self.server_timeout = float(server_timeout)
         self.shared_memory = bool(shared_memory)
         self.bind_cpus = bool(bind_cpus)
+        self.round_retries = _int(round_retries, "round_retries", minimum=0)
         self.ports = parse_ports(ports)
         self.memory_budget = _int(memory_budget, "memory_budget", minimum=0, allow_none=True)
 

@@ -1,13 +1,17 @@
 """The driver's side of one distributed fit, shared by every master and Spark-free: what to ship, the round
 schedule, how an averaged round is applied (history, stats, callbacks, progress), resume and roll-back."""
+import contextlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
 
 import numpy as np
 
 from ..backend import to_numpy
+from ..errors import FitInterrupted
 from ..train.callbacks import CallbackList, History
 from ..train.progress import Progress
 from ..train.stats import TrainingStats
@@ -44,6 +48,10 @@ class FitRun:
         self.synced_iterations = int(model.optimizer.iterations)   # the optimizer's steps after that round
         self.epoch_rounds = []   # (round, Contribution) of the current epoch, for a rollback
         self.stopped = False
+        self.stop_signal = None   # the signal that asked the fit to stop (stop_on_signals)
+        self.stoppers = []        # what stops the running work: cancel the Spark jobs, abort the workers
+        self.next_round = resume_round
+        self.rounds_per_epoch = None
 
     # -- schedule ---------------------------------------------------------------------------------------
     def start(self, shard_sizes, logs=None):
@@ -77,6 +85,7 @@ class FitRun:
         total = self.epochs * self.rounds_per_epoch
         self.next_round, begun = self.resume_round, None
         while self.next_round < total:
+            self.check_stop()
             g = self.next_round
             epoch, r = divmod(g, self.rounds_per_epoch)
             if epoch != begun:
@@ -91,6 +100,35 @@ class FitRun:
                 if self.model.stop_training:
                     self.stopped = True
                     return
+
+    # -- stopping on a signal -------------------------------------------------------------------------------------
+    def request_stop(self, name):
+        """Stop the fit (from a signal handler): what runs is cancelled by the masters' ``stoppers``, in a thread
+        of their own (they may talk to Spark, which the interrupted thread may be doing), and the round loop stops
+        before its next round."""
+        if self.stop_signal is not None:
+            return
+        self.stop_signal = name
+
+        def stop():
+            for stopper in list(self.stoppers):
+                try:
+                    stopper()
+                except Exception as e:   # stopping what already ended
+                    log.debug("sparkdl: stopping: %s", e)
+        threading.Thread(target=stop, name="sparkdl-stop", daemon=True).start()
+
+    def check_stop(self):
+        if self.stop_signal is not None:
+            raise self.interrupted()
+
+    def interrupted(self):
+        """The FitInterrupted that says where the fit stopped."""
+        if self.rounds_per_epoch is None:   # before the schedule was settled (the data was being prepared)
+            return FitInterrupted(self.stop_signal, 0, 0, 0, self.synced + 1)
+        g = max(self.next_round - 1, self.resume_round)   # the round running (or about to)
+        return FitInterrupted(self.stop_signal, g // self.rounds_per_epoch + 1, g + 1,
+                              self.epochs * self.rounds_per_epoch, self.synced + 1)
 
     def rollback(self, g):
         """Go back to round g (whose average the model holds): the rounds after it are forgotten (history, stats,
@@ -174,7 +212,8 @@ class FitRun:
         self.history.rounds.append({"round": g + 1, "epoch": epoch + 1, "loss": loss, "examples": total.n})
         if self.history.stats is not None:
             self.history.stats.add_round(record, total.stats)
-        self.callbacks.on_round_end(g, {"loss": loss, "epoch": epoch + 1, "round_in_epoch": r + 1})
+        self.callbacks.on_round_end(g, {"loss": loss, "epoch": epoch + 1, "round_in_epoch": r + 1,
+                                        "rounds_per_epoch": self.rounds_per_epoch})
         self.progress.title = f"Epoch {epoch + 1}/{self.epochs} round {r + 1}/{self.rounds_per_epoch}"
         self.progress.update(self.epoch_total.n, lambda: {"loss": self.epoch_total.loss_sum / self.epoch_total.n})
 
@@ -203,3 +242,25 @@ class FitRun:
     def finish(self):
         self.callbacks.on_train_end()
         return self.history
+
+
+@contextlib.contextmanager
+def stop_on_signals(run, signals=(signal.SIGINT, signal.SIGTERM)):
+    """While the block runs (in the main thread), SIGINT (Ctrl-C) and SIGTERM stop ``run`` instead of killing the
+    process or raising inside a Spark call: its jobs are cancelled, its workers aborted, and the caller raises
+    ``run.interrupted()`` once they have ended. The previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in signals}
+
+    def handler(signum, frame):
+        run.request_stop(signal.Signals(signum).name)
+
+    for s in signals:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

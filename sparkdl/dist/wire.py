@@ -7,6 +7,7 @@ frame = b"SDL1" | u32 header length | header JSON | the arrays' bytes, in header
 import hashlib
 import hmac
 import json
+import math
 import os
 import socket
 import struct
@@ -70,20 +71,21 @@ def recv_sized(sock, max_bytes=1 << 34):
     try:
         header = json.loads(bytes(_recv_exact(sock, length)))
         meta = header.pop("arrays")
-        if not isinstance(meta, list) or not all(isinstance(m, list) and len(m) == 3 and isinstance(m[2], list)
-                                                 for m in meta):
+        if not isinstance(meta, list) or not all(isinstance(m, list) and len(m) == 3 and isinstance(m[0], str)
+                                                 and isinstance(m[2], list) for m in meta):
             raise ValueError(f"'arrays' must list [name, dtype, shape] triples, not {meta!r}"[:200])
-    except (ValueError, KeyError, AttributeError, TypeError) as e:
+    except (ValueError, KeyError, AttributeError, TypeError, RecursionError) as e:   # RecursionError: [[[[...
         raise WireError(f"malformed header: {e}") from None
     arrays, total = {}, 0
     for name, dtype, shape in meta:
-        if not isinstance(dtype, str) or dtype not in DTYPES or \
+        if not isinstance(dtype, str) or dtype not in DTYPES or len(shape) > 32 or \
                 not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise WireError(f"array {name!r}: bad dtype {dtype!r} or shape {shape!r}")
-        nbytes = int(np.prod(shape)) * DTYPES[dtype].itemsize
-        total += nbytes
-        if total > max_bytes:
+            raise WireError(f"array {name!r}: bad dtype {dtype!r} or shape {shape!r}"[:200])
+        # exact ints, checked before anything is allocated; zero-size arrays too, so no dimension is absurd
+        if math.prod(max(d, 1) for d in shape) * DTYPES[dtype].itemsize > max_bytes - total:
             raise WireError(f"frame of more than {max_bytes} bytes")
+        nbytes = math.prod(shape) * DTYPES[dtype].itemsize
+        total += nbytes
         arrays[name] = np.frombuffer(_recv_exact(sock, nbytes), DTYPES[dtype]).reshape(shape)
     return header, arrays, 8 + length + total
 

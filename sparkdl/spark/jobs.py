@@ -1,10 +1,13 @@
 """What jobs mode (sparkdl.dist.jobs) needs of Spark: the export of one shard per worker, and one job per
 round (a broadcast of the round's starting buffers, a task per shard, a weighted treeAggregate)."""
 import contextlib
+import logging
 import tempfile
 
 from .. import fs
 from ..dist.averaging import Contribution, add, merge
+
+log = logging.getLogger("sparkdl")
 
 
 @contextlib.contextmanager
@@ -26,7 +29,40 @@ def exported(launcher, run):
             fs.remove_dir(base)
 
 
+def spark_retries(sc):
+    """How often Spark itself tries a failed task: local[N] masters try once (local[N,F]: F times)."""
+    import re
+    local = re.fullmatch(r"local\[(\d+|\*)(?:,\s*(\d+))?\]|local", sc.master)
+    if local:
+        return int(local.group(2)) if local.group(2) else 1
+    return int(sc.getConf().get("spark.task.maxFailures", "4"))
+
+
 def run_round(launcher, run, epoch, r, g):
+    """One round's job; where Spark would not retry a failed task (local mode), the round is run again up to
+    ``round_retries`` times (a round is a pure function of the broadcast buffers and the shards)."""
+    from ..errors import from_task_failure
+    retries = launcher.options.round_retries if spark_retries(launcher.sc) < 2 else 0
+    for attempt in range(retries + 1):
+        try:
+            return _run_round(launcher, run, epoch, r, g)
+        except Exception as e:
+            if attempt == retries or run.stop_signal is not None or from_task_failure(e) is not None:
+                raise
+            log.warning("sparkdl: round %d (epoch %d) failed (%s); running it again (%d of %d)", g + 1, epoch + 1,
+                        _reason(e), attempt + 1, retries)
+
+
+def _reason(error):
+    """The line of a Spark failure that says what went wrong (py4j's first line only names the call)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    for ln in lines[1:]:
+        if "Exception: " in ln or "Error: " in ln:
+            return ln.split(": ", 1)[1][:300]
+    return lines[0][:300] if lines else type(error).__name__
+
+
+def _run_round(launcher, run, epoch, r, g):
     options, sc = launcher.options, launcher.sc
     bc = sc.broadcast(run.payload())
     task = _round_task(launcher.paths, run.input_shape, run.model_json, run.compile_json, options.seed,

@@ -23,7 +23,9 @@ class ParameterAveraging(Options):
 
     def fit(self, run, prepared):
         from .launch import Launcher
-        return masters.get(self.mode).fit(self, run, Launcher(self, prepared))
+        launcher = Launcher(self, prepared)
+        run.stoppers.append(launcher.cancel)   # a signal cancels the fit's Spark jobs (sparkdl.dist.run)
+        return masters.get(self.mode).fit(self, run, launcher)
 
 
 def _storage_level(name):

@@ -7,8 +7,8 @@ import pyarrow as pa
 
 from .. import io
 from ..dist import wire
-from ..errors import DataError
-from ..dist.run import FitRun
+from ..errors import DataError, FitInterrupted
+from ..dist.run import FitRun, stop_on_signals
 from . import data
 from .master import ParameterAveraging, _storage_level
 
@@ -65,8 +65,13 @@ class SparkTrainer:
                     persisted.append(val.persist(level))
                     evaluate_validation = lambda: self._evaluate_prepared(val, 1024, "validation DataFrame", features_col)
             run = FitRun(model, master, epochs, callbacks, evaluate_validation, verbose, resume_round)
-            with data.task_errors():
-                history = master.fit(run, prepared)
+            try:
+                with stop_on_signals(run), data.task_errors():
+                    history = master.fit(run, prepared)
+            except BaseException as e:
+                if run.stop_signal is not None and not isinstance(e, FitInterrupted):
+                    raise run.interrupted() from None   # not the cancelled job's error: where the fit stopped
+                raise
         finally:
             for p in persisted:
                 p.unpersist()

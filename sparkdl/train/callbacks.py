@@ -132,27 +132,33 @@ class TerminateOnNaN(Callback):
 
 
 class RoundCheckpoint(Callback):
-    """Distributed training: every ``every`` averaging rounds, write the model file (params, layer state,
-    optimizer state) with the round counter to ``path`` (local or any pyarrow.fs URI; may contain
-    ``{round}``). ``SparkTrainer.fit(..., resume_from=path)`` continues from exactly that round."""
+    """Distributed training: every ``every`` averaging rounds (``"epoch"``: at every epoch end), write the model
+    file (params, layer state, optimizer state) with the round counter to ``path`` (local or any pyarrow.fs URI;
+    may contain ``{round}``; a local file is replaced whole, never left half-written).
+    ``SparkTrainer.fit(..., resume_from=path)`` continues from exactly that round; ``last_round`` is the round of
+    the last file written."""
 
     def __init__(self, path, every=1):
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be an int >= 1. Received: every={every!r}")
+        if every != "epoch" and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+            raise ValueError(f"every must be an int >= 1 or 'epoch'. Received: every={every!r}")
         self.path, self.every = os.fspath(path), every
-        self.saved = []
+        self.saved, self.last_round = [], None
 
     def reads_model_at_round(self, round):
-        return (round + 1) % self.every == 0
+        return self.every != "epoch" and (round + 1) % self.every == 0   # epoch ends read the model anyway
 
     def on_round_end(self, round, logs=None):
         from .. import fs
         from ..io import save_model
-        done = round + 1
-        if done % self.every:
+        done, logs = round + 1, logs or {}
+        if self.every == "epoch":
+            if logs.get("round_in_epoch") != logs.get("rounds_per_epoch"):
+                return
+        elif done % self.every:
             return
         path = self.path.format(round=done)
         with fs.open_output(path) as f:
-            save_model(self.model, f, meta={"round": done, **{k: v for k, v in (logs or {}).items()
+            save_model(self.model, f, meta={"round": done, **{k: v for k, v in logs.items()
                                                                if k in ("epoch", "round_in_epoch")}})
         self.saved.append(path)
+        self.last_round = done

@@ -36,6 +36,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/core.py --sparkdl-threads 1,2 $(BENCH_ARGS)
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python bench/spark_fit.py $(SPARK_BENCH_ARGS)
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python bench/scale.py $(SCALE_BENCH_ARGS)
+	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python bench/memory.py $(MEMORY_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

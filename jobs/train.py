@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (beside this file; on YARN cluster mode ship it with --py-files jobs/common.py)
-from sparkdl.dist.master import modes  # noqa: E402
+from sparkdl.dist.master import choices  # noqa: E402
 from sparkdl.errors import DataError  # noqa: E402
 
 PROG = "jobs/train.py"
@@ -41,7 +41,7 @@ class TrainConfig:
     batch_size_per_worker: int = 32
     averaging_frequency: int = 5
     average_optimizer_state: bool = True
-    mode: str = "jobs"
+    mode: str = "auto"
     ports: str = None
     export_dir: str = None
     seed: int = 0
@@ -75,7 +75,8 @@ def parse_args(argv=None):
     g.add_argument("--averaging-frequency", type=int, default=d.averaging_frequency,
                    help="minibatches per worker between two averagings")
     g.add_argument("--no-average-optimizer-state", dest="average_optimizer_state", action="store_false")
-    g.add_argument("--mode", default=d.mode, choices=list(modes()))
+    g.add_argument("--mode", default=d.mode, choices=list(choices()), help="auto: barrier where the cluster can "
+                   "run all the workers at once now, else jobs")
     g.add_argument("--ports", default=None, help="barrier mode: the port range the driver and the workers listen on, "
                    "e.g. 40000-40100 (for firewalled clusters; default any free port)")
     g.add_argument("--export-dir", default=None, help="shard directory for jobs mode (on a cluster: a path every "
@@ -84,9 +85,9 @@ def parse_args(argv=None):
     g = p.add_argument_group("output and Spark")
     g.add_argument("--output-dir", default=d.output_dir, help="where model.npz, metrics.json, stats.html go "
                    "(local or any Hadoop URI)")
-    g.add_argument("--checkpoint-every", default=d.checkpoint_every, help="write OUTPUT_DIR/checkpoint.npz (the model, "
-                   "its optimizer state and the round) every N averaging rounds, or at every epoch end with 'epoch'; 0: "
-                   "never")
+    g.add_argument("--checkpoint-every", default=d.checkpoint_every, help="while the run is unfinished, keep "
+                   "OUTPUT_DIR/checkpoint.npz (the model, its optimizer state and the round), written every N averaging "
+                   "rounds, or at every epoch end with 'epoch'; 0: never")
     g.add_argument("--resume", action="store_true", help="go on from OUTPUT_DIR/checkpoint.npz (same data, model and "
                    "training options: the result is that of an uninterrupted run)")
     common.add_master_arg(g)
@@ -207,12 +208,15 @@ def main(argv=None):
     common.write_text(out("stats.html"), history.stats.to_html(title=f"sparkdl: {cfg.data}, {cfg.model}"))
     summary = history.stats.summary()
     common.write_json(out("metrics.json"), {"test": metrics, "history": history.history, "stats": summary,
+                                            "mode": history.mode, "mode_reason": history.mode_reason,
                                             "config": dataclasses.asdict(cfg), "master": spark.sparkContext.master,
                                             "shared_memory": getattr(history, "shared_memory", None),
                                             "placement": getattr(history, "placement", None)})
+    print(f"mode: {history.mode} ({history.mode_reason})")
     print("held-out:", common.format_metrics(metrics))
     print(f"rounds: {summary['rounds']}, worker time fitting: {summary['fit_fraction']:.0%}, "
           f"driver overhead per round: {summary['overhead_ms_mean']:.0f} ms")
+    fs.remove(checkpoint)   # the run is complete: model.npz holds what the checkpoint would resume to
     print(f"wrote {out('model.npz')}, metrics.json, stats.html")
     common.stop_if_submitted(spark)
     return 0

@@ -57,6 +57,20 @@ def exists(path):
     return filesystem.get_file_info(p).type != fs.FileType.NotFound
 
 
+def remove(path):
+    """Remove a file; a missing one is fine."""
+    if is_local(path):
+        try:
+            os.unlink(_local(path))
+        except FileNotFoundError:
+            pass
+    else:
+        from pyarrow import fs
+        filesystem, p = _remote(path)
+        if filesystem.get_file_info(p).type != fs.FileType.NotFound:
+            filesystem.delete_file(p)
+
+
 def remove_dir(path):
     if is_local(path):
         shutil.rmtree(_local(path), ignore_errors=True)

@@ -5,6 +5,7 @@ import glob
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -54,9 +55,11 @@ def columns(spark, rows):
 def leaves_nothing_behind(spark):
     before = set(glob.glob("/dev/shm/sparkdl-*"))
     yield
-    sc = spark.sparkContext
-    assert sc.statusTracker().getActiveJobsIds() == [], "a job was left running"
-    assert sc.statusTracker().getActiveStageIds() == [], "a stage was left running"
+    tracker, deadline = spark.sparkContext.statusTracker(), time.monotonic() + 10
+    while (tracker.getActiveJobsIds() or tracker.getActiveStageIds()) and time.monotonic() < deadline:
+        time.sleep(0.05)   # the tracker hears of a job's end asynchronously
+    assert tracker.getActiveJobsIds() == [], "a job was left running"
+    assert tracker.getActiveStageIds() == [], "a stage was left running"
     assert spark.range(5).count() == 5                    # the session still runs jobs
     assert set(glob.glob("/dev/shm/sparkdl-*")) <= before, "a shared-memory region was left behind"
 

@@ -79,7 +79,7 @@ def test_train_and_predict_on_a_two_worker_standalone_cluster(cluster, tmp_path)
     out, train_events, predict_events = tmp_path / "out", tmp_path / "events-train", tmp_path / "events-predict"
     train_events.mkdir()
     predict_events.mkdir()
-    submit(cluster, "train.py", ["--data", "digits", "--epochs", "2", "--num-workers", "2",
+    submit(cluster, "train.py", ["--data", "digits", "--epochs", "2", "--num-workers", "2", "--mode", "jobs",
                                  "--batch-size-per-worker", "32", "--averaging-frequency", "8",
                                  "--export-dir", str(tmp_path / "shards"), "--output-dir", str(out)], train_events)
     metrics = json.loads((out / "metrics.json").read_text())

@@ -119,8 +119,10 @@ def test_a_signal_stops_the_fit_and_resume_ends_with_the_uninterrupted_weights(d
     assert stopped < 5.0, f"the fit took {stopped:.1f} s to stop"
     assert e.value.signal == signal.Signals(sig).name and e.value.rounds == 30 and 18 <= e.value.round <= 20, e.value
     assert signal.getsignal(sig) is handler                 # the fit gave the handler back
-    sc = spark.sparkContext
-    assert sc.statusTracker().getActiveJobsIds() == [] and spark.range(3).count() == 3
+    tracker, deadline = spark.sparkContext.statusTracker(), time.monotonic() + 10
+    while tracker.getActiveJobsIds() and time.monotonic() < deadline:
+        time.sleep(0.05)   # the tracker hears of a job's end asynchronously
+    assert tracker.getActiveJobsIds() == [] and spark.range(3).count() == 3
     assert not glob.glob("/dev/shm/sparkdl-*")
     resumed, _ = fit(digits, mode, 6, resume_from=checkpoint)
     np.testing.assert_allclose(resumed.get_flat_params(), undisturbed.get_flat_params(), rtol=1e-5, atol=1e-6)

@@ -273,7 +273,7 @@ def test_train_from_csv_columns_with_a_yaml_spec(data, capsys, tmp_path):
 
 @pytest.mark.spark
 @pytest.mark.parametrize("args, needles", [
-    (["--data", "{bad-labels.parquet}"], ["the training DataFrame, column 'label'", "are outside [0, 9]"]),
+    (["--data", "{bad-labels.parquet}"], ["the evaluation DataFrame, column 'label'", "are outside [0, 9]"]),
     (["--data", "{train.parquet}", "--features-col", "pixels"], ["the training DataFrame, column 'pixels': no such "
                                                                   "column"]),
     (["--data", "{empty}"], ["Parquet"]),                       # Spark's own analysis error, first line only

@@ -253,7 +253,7 @@ def test_bad_params_fail_at_fit_naming_the_param(spark):
         (DeepRegressor(loss="sparse_categorical_crossentropy"), r"DeepRegressor: Param loss must be one of"),
         (DeepClassifier(learningRate=0.0), r"Param learningRate must be a finite number > 0"),
         (DeepClassifier(batchSize=0), r"Param batchSize must be an int >= 1"),
-        (DeepClassifier(mode="async"), r"Param mode must be one of \['jobs', 'barrier'\]"),
+        (DeepClassifier(mode="async"), r"Param mode must be one of \['auto', 'jobs', 'barrier'\]"),
         (DeepClassifier(optimizer="lbfgs"), r"Param optimizer must be one of"),
         (DeepClassifier(validationFraction=1.0), r"Param validationFraction must be in \[0, 1\)"),
         (DeepClassifier(earlyStoppingPatience=2), r"Param earlyStoppingPatience=2 needs a validation split"),

@@ -10,6 +10,7 @@ for jobs mode). It returns the fit's History.
 """
 
 MASTERS = {}
+AUTO = "auto"   # not a master: the launcher picks one (barrier where the cluster can run it now, else jobs)
 
 
 class Master:
@@ -28,6 +29,11 @@ def register(cls):
 def modes():
     from . import barrier, jobs  # noqa: F401  (registering)
     return tuple(sorted(MASTERS, key=lambda m: MASTERS[m].order))
+
+
+def choices():
+    """What ``mode`` may be: "auto" or a registered master."""
+    return (AUTO,) + modes()
 
 
 def get(mode):

@@ -34,7 +34,8 @@ class Options:
     seed: the shuffling seed (same seed + same partitioning = same minibatches in both modes).
     shuffle: reshuffle each worker's shard every epoch.
     collect_stats: record per-round timings (``history.stats``).
-    mode: "jobs" or "barrier".
+    mode: "auto" (barrier mode where the cluster can run all the workers at once now, else jobs mode; the choice
+        and its reason are logged and kept in ``history.mode``, ``history.mode_reason``), "jobs" or "barrier".
     backend: "auto" (a task's assigned GPU with cupy, else numpy), "numpy", or "cupy" (warns and uses numpy
         when a task has no GPU); see ``sparkdl.backend.resolve``.
     server_timeout: barrier mode: seconds any worker or the driver waits for another before failing the fit.
@@ -58,7 +59,7 @@ class Options:
     def __init__(self, num_workers=None, batch_size_per_worker=32, averaging_frequency=5,
                  average_optimizer_state=True, aggregation_depth=2, repartition="always",
                  storage_level="MEMORY_AND_DISK", export_dir=None, seed=None, shuffle=True, collect_stats=True,
-                 mode="jobs", backend="auto", server_timeout=600.0, shared_memory=True, ports=None,
+                 mode="auto", backend="auto", server_timeout=600.0, shared_memory=True, ports=None,
                  memory_budget=None, bind_cpus=True, round_retries=3):
         self.num_workers = _int(num_workers, "num_workers", allow_none=True)
         self.batch_size_per_worker = _int(batch_size_per_worker, "batch_size_per_worker")
@@ -73,8 +74,8 @@ class Options:
         self.seed = seed
         self.shuffle = bool(shuffle)
         self.collect_stats = bool(collect_stats)
-        if mode not in masters.modes():
-            raise ValueError(f"mode must be one of {masters.modes()}. Received: mode={mode!r}")
+        if mode not in masters.choices():
+            raise ValueError(f"mode must be one of {masters.choices()}. Received: mode={mode!r}")
         self.mode = mode
         if backend not in ("auto", "numpy", "cupy"):
             raise ValueError(f"backend must be 'auto', 'numpy' or 'cupy'. Received: backend={backend!r}")

@@ -117,7 +117,7 @@ class DeepClassifier(Classifier, _DeepClassifierParams, _DeepSetters, SparkdlPer
     def __init__(self, *, featuresCol="features", labelCol="label", predictionCol="prediction",
                  probabilityCol="probability", rawPredictionCol="rawPrediction", modelSpec="",
                  loss="sparse_categorical_crossentropy", optimizer="adam", learningRate=0.001, epochs=10,
-                 batchSize=32, averagingFrequency=5, numWorkers=0, mode="jobs", seed=None, validationFraction=0.0,
+                 batchSize=32, averagingFrequency=5, numWorkers=0, mode="auto", seed=None, validationFraction=0.0,
                  earlyStoppingPatience=0, exportDir=""):
         super().__init__()
         self._set(**_given(self._input_kwargs))
@@ -126,7 +126,7 @@ class DeepClassifier(Classifier, _DeepClassifierParams, _DeepSetters, SparkdlPer
     def setParams(self, *, featuresCol="features", labelCol="label", predictionCol="prediction",
                   probabilityCol="probability", rawPredictionCol="rawPrediction", modelSpec="",
                   loss="sparse_categorical_crossentropy", optimizer="adam", learningRate=0.001, epochs=10,
-                  batchSize=32, averagingFrequency=5, numWorkers=0, mode="jobs", seed=None, validationFraction=0.0,
+                  batchSize=32, averagingFrequency=5, numWorkers=0, mode="auto", seed=None, validationFraction=0.0,
                   earlyStoppingPatience=0, exportDir=""):
         return self._set(**_given(self._input_kwargs))
 
@@ -147,14 +147,14 @@ class DeepRegressor(Regressor, _DeepRegressorParams, _DeepSetters, SparkdlPersis
     @keyword_only
     def __init__(self, *, featuresCol="features", labelCol="label", predictionCol="prediction", modelSpec="",
                  loss="mse", optimizer="adam", learningRate=0.001, epochs=10, batchSize=32, averagingFrequency=5,
-                 numWorkers=0, mode="jobs", seed=None, validationFraction=0.0, earlyStoppingPatience=0, exportDir=""):
+                 numWorkers=0, mode="auto", seed=None, validationFraction=0.0, earlyStoppingPatience=0, exportDir=""):
         super().__init__()
         self._set(**_given(self._input_kwargs))
 
     @keyword_only
     def setParams(self, *, featuresCol="features", labelCol="label", predictionCol="prediction", modelSpec="",
                   loss="mse", optimizer="adam", learningRate=0.001, epochs=10, batchSize=32, averagingFrequency=5,
-                  numWorkers=0, mode="jobs", seed=None, validationFraction=0.0, earlyStoppingPatience=0,
+                  numWorkers=0, mode="auto", seed=None, validationFraction=0.0, earlyStoppingPatience=0,
                   exportDir=""):
         return self._set(**_given(self._input_kwargs))
 

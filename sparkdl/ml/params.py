@@ -12,12 +12,12 @@ from pyspark.ml.classification import _ClassifierParams
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasProbabilityCol, HasSeed
 
-from ..dist.master import modes
+from ..dist.master import choices
 
 CLASSIFIER_LOSSES = ("sparse_categorical_crossentropy", "binary_crossentropy")
 REGRESSOR_LOSSES = ("mse", "mae", "huber", "mean_squared_error", "mean_absolute_error")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
-MODES = modes()
+MODES = choices()
 
 
 def _to_spec(value):
@@ -50,8 +50,8 @@ class _DeepParams(_PredictorParams, HasSeed):
                                 "averagings (>= 1)", TypeConverters.toInt)
     numWorkers = _param("numWorkers", "training tasks (>= 1); 0: the SparkContext's default parallelism",
                         TypeConverters.toInt)
-    mode = _param("mode", "'jobs' (one Spark job per averaging round) or 'barrier' (one barrier stage per fit)",
-                  TypeConverters.toString)
+    mode = _param("mode", "'auto' (barrier where the cluster can run all the workers now, else jobs), 'jobs' (one "
+                  "Spark job per averaging round) or 'barrier' (one barrier stage per fit)", TypeConverters.toString)
     validationFraction = _param("validationFraction", "share of the training rows held out to compute val_loss "
                                 "each epoch, in [0, 1)", TypeConverters.toFloat)
     earlyStoppingPatience = _param("earlyStoppingPatience", "stop after this many epochs without a lower "
@@ -66,7 +66,7 @@ class _DeepParams(_PredictorParams, HasSeed):
         super().__init__(*args)
         # HasSeed's default is hash(class name), which Python randomizes per process
         self._setDefault(modelSpec="", loss=self._default_loss, optimizer="adam", learningRate=0.001, epochs=10,
-                         batchSize=32, averagingFrequency=5, numWorkers=0, mode="jobs", validationFraction=0.0,
+                         batchSize=32, averagingFrequency=5, numWorkers=0, mode="auto", validationFraction=0.0,
                          earlyStoppingPatience=0, exportDir="", seed=zlib.crc32(type(self).__name__.encode()))
 
     def getModelSpec(self):

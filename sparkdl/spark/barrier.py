@@ -8,6 +8,11 @@ import os
 MIB = 1 << 20
 
 
+class BarrierUnsupported(ValueError):
+    """Spark cannot run a barrier stage on the DataFrame's partitions as they are (after a coalesce, a union, a
+    limit: its RDD chain has ancestors of another partition count)."""
+
+
 def check_cluster(sc, n_workers):
     conf = sc.getConf()
     if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
@@ -17,6 +22,13 @@ def check_cluster(sc, n_workers):
     if n_workers > slots:
         raise ValueError(f"barrier mode runs all {n_workers} workers at once, but the cluster has {slots} task "
                          f"slots now; use num_workers <= {slots} or ParameterAveraging(mode='jobs')")
+
+
+def free_slots(sc):
+    """Task slots not running a task now (the executors' cores over spark.task.cpus, less their running tasks)."""
+    slots = sc.defaultParallelism // max(int(sc.getConf().get("spark.task.cpus", "1")), 1)
+    running = sum(e.numRunningTasks() for e in sc._jsc.sc().statusTracker().getExecutorInfos())
+    return max(slots - running, 0)
 
 
 def driver_addresses(sc):
@@ -82,6 +94,12 @@ def run_barrier(launcher, spec, run):
     sc.setJobGroup(launcher.group, f"sparkdl: barrier fit ({launcher.num_workers} workers, {run.epochs} epochs)", True)
     try:
         launcher.df.mapInArrow(task, "worker int, rows long", barrier=True).repartition(1).collect()
+    except Exception as e:
+        if "BarrierJobUnsupportedRDDChainException" not in str(e):
+            raise
+        raise BarrierUnsupported("barrier mode cannot run on the DataFrame's partitions as they are (Spark refuses a "
+                                 "barrier stage after a coalesce, a union or a limit); use repartition='always' or "
+                                 "mode='jobs'") from None
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)
 

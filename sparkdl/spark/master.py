@@ -1,10 +1,13 @@
 """ParameterAveraging: the options of a distributed fit (DL4J's ParameterAveragingTrainingMaster, in Python),
 and which master runs it (``mode``): sparkdl.dist.jobs (one Spark job per averaging round) or sparkdl.dist.barrier
 (one barrier stage, the workers averaging among themselves), as registered in sparkdl.dist.master."""
+import logging
+
 from ..dist import master as masters
 from ..dist.options import REPARTITION, Options  # noqa: F401  (REPARTITION: part of this module's API)
 
-MODES = masters.modes()
+MODES = masters.choices()
+log = logging.getLogger("sparkdl")
 
 
 class ParameterAveraging(Options):
@@ -21,11 +24,32 @@ class ParameterAveraging(Options):
             return wanted, df
         return wanted, df.repartition(wanted)
 
-    def fit(self, run, prepared):
+    def choose_mode(self, prepared):
+        """(the mode a fit on ``prepared`` runs in, why): with mode="auto", barrier where the cluster can run all
+        the workers at once now (enough free task slots, no dynamic allocation), else jobs."""
+        if self.mode != masters.AUTO:
+            return self.mode, "asked for"
+        from . import barrier
+        sc, n = prepared.sparkSession.sparkContext, self.workers_for(prepared)[0]
+        try:
+            barrier.check_cluster(sc, n)
+        except ValueError as e:
+            return "jobs", str(e).split("; use")[0]
+        free = barrier.free_slots(sc)
+        if free < n:
+            return "jobs", f"only {free} task slots are free now for {n} workers"
+        return "barrier", f"{free} free task slots for {n} workers"
+
+    def fit(self, run, prepared, mode=None):
+        """Run the fit in ``mode`` (default: ``choose_mode``), said in the log and in ``history.mode``."""
         from .launch import Launcher
+        if mode is None:
+            mode, reason = self.choose_mode(prepared)
+            run.history.mode, run.history.mode_reason = mode, reason
+        log.info("sparkdl: %s mode (%s)", mode, run.history.mode_reason)
         launcher = Launcher(self, prepared)
         run.stoppers.append(launcher.cancel)   # a signal cancels the fit's Spark jobs (sparkdl.dist.run)
-        return masters.get(self.mode).fit(self, run, launcher)
+        return masters.get(mode).fit(self, run, launcher)
 
 
 def _storage_level(name):

@@ -51,9 +51,10 @@ class SparkTrainer:
         persisted = [prepared.persist(level)]
         evaluate_validation = None
         try:
+            mode, reason = master.choose_mode(prepared)
             if validation_df is not None:
                 val, _ = self._prepared(validation_df, features_col, label_col, "validation DataFrame")
-                if master.mode == "barrier":
+                if mode == "barrier":
                     # the barrier stage holds the executors' slots: validate on the driver, data collected once
                     with data.task_errors():
                         table = val.select(data.X, data.Y).toArrow()
@@ -64,20 +65,36 @@ class SparkTrainer:
                 else:
                     persisted.append(val.persist(level))
                     evaluate_validation = lambda: self._evaluate_prepared(val, 1024, "validation DataFrame", features_col)
-            run = FitRun(model, master, epochs, callbacks, evaluate_validation, verbose, resume_round)
-            try:
-                with stop_on_signals(run), data.task_errors():
-                    history = master.fit(run, prepared)
-            except BaseException as e:
-                if run.stop_signal is not None and not isinstance(e, FitInterrupted):
-                    raise run.interrupted() from None   # not the cancelled job's error: where the fit stopped
-                raise
+            history = self._run(prepared, mode, reason, epochs, callbacks, evaluate_validation, verbose, resume_round)
         finally:
             for p in persisted:
                 p.unpersist()
             df.sparkSession.sparkContext.setJobDescription(None)
         model.history = history
         return history
+
+    def _run(self, prepared, mode, reason, epochs, callbacks, evaluate_validation, verbose, resume_round):
+        from .barrier import BarrierUnsupported
+        master, model = self.master, self.model
+        start = (model.get_flat_params(), model.get_flat_state(), model.optimizer.get_state())
+        run = FitRun(model, master, epochs, callbacks, evaluate_validation, verbose, resume_round)
+        run.history.mode, run.history.mode_reason = mode, reason
+        try:
+            with stop_on_signals(run), data.task_errors():
+                return master.fit(run, prepared, mode)
+        except BarrierUnsupported as e:
+            if master.mode != "auto":
+                raise
+            # nothing ran (Spark refused the stage at once): start over in jobs mode
+            model.set_flat_params(start[0])
+            model.set_flat_state(start[1])
+            model.optimizer.set_state(start[2])
+            return self._run(prepared, "jobs", str(e).split(";")[0], epochs, callbacks, evaluate_validation, verbose,
+                             resume_round)
+        except BaseException as e:
+            if run.stop_signal is not None and not isinstance(e, FitInterrupted):
+                raise run.interrupted() from None   # not the cancelled job's error: where the fit stopped
+            raise
 
     def _resume(self, path):
         from .. import fs

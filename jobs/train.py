@@ -6,7 +6,8 @@
         jobs/train.py --data hdfs:///data/train.parquet --test-data hdfs:///data/test.parquet \\
         --model conf/models/cnn.json --input-shape 28,28,1 --num-workers 8 --output-dir hdfs:///models/cnn
 
-Writes <output-dir>/model.npz, metrics.json and stats.html, and prints the held-out metrics.
+Writes <output-dir>/model.npz, metrics.json, stats.html (the training report) and stats.json (its data), and prints
+the held-out metrics.
 Exit status: 0 on success, 2 with a one-line reason on bad arguments or data.
 """
 import dataclasses
@@ -47,7 +48,10 @@ class TrainConfig:
     seed: int = 0
     output_dir: str = "out"
     checkpoint_every: str = "epoch"
+    checkpoint_dir: str = None
     resume: bool = False
+    mlflow_uri: str = None
+    tensorboard_dir: str = None
     master: str = None
 
 
@@ -83,13 +87,19 @@ def parse_args(argv=None):
                    "executor can read, e.g. hdfs:///tmp/sparkdl)")
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("output and Spark")
-    g.add_argument("--output-dir", default=d.output_dir, help="where model.npz, metrics.json, stats.html go "
+    g.add_argument("--output-dir", default=d.output_dir, help="where model.npz, metrics.json, stats.html, stats.json go "
                    "(local or any Hadoop URI)")
+    g.add_argument("--checkpoint-dir", default=None, help="where checkpoint.npz goes (local or any Hadoop URI; "
+                   "default: OUTPUT_DIR)")
     g.add_argument("--checkpoint-every", default=d.checkpoint_every, help="while the run is unfinished, keep "
-                   "OUTPUT_DIR/checkpoint.npz (the model, its optimizer state and the round), written every N averaging "
-                   "rounds, or at every epoch end with 'epoch'; 0: never")
-    g.add_argument("--resume", action="store_true", help="go on from OUTPUT_DIR/checkpoint.npz (same data, model and "
-                   "training options: the result is that of an uninterrupted run)")
+                   "CHECKPOINT_DIR/checkpoint.npz (the model, its optimizer state and the round), written every N "
+                   "averaging rounds, or at every epoch end with 'epoch'; 0: never")
+    g.add_argument("--resume", action="store_true", help="go on from CHECKPOINT_DIR/checkpoint.npz (same data, model "
+                   "and training options: the result is that of an uninterrupted run)")
+    g.add_argument("--mlflow-uri", default=None, help="log the run to this MLflow tracking server or store (params, "
+                   "per-epoch metrics, model.npz and stats.html); needs pip install sparkdl[tracking]")
+    g.add_argument("--tensorboard-dir", default=None, help="write TensorBoard event files here (a local directory): "
+                   "per-epoch and per-round scalars, per-layer weight norms; needs pip install sparkdl[tracking]")
     common.add_master_arg(g)
     a = p.parse_args(argv)
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in TrainConfig.__dataclass_fields__})
@@ -164,6 +174,21 @@ def model_input_shape(cfg, spec, train, features_col, image_shape):
     return common.input_shape_for(spec, n_features=len(first[0]))
 
 
+def tracking_callbacks(cfg, master):
+    """--mlflow-uri and --tensorboard-dir as callbacks (sparkdl.train's loggers, from the sparkdl[tracking] extra)."""
+    loggers = []
+    try:
+        from sparkdl.train import MLflowLogger, TensorBoardLogger
+        if cfg.mlflow_uri:
+            params = {"job": dataclasses.asdict(cfg), "master": vars(master)}
+            loggers.append(MLflowLogger(cfg.mlflow_uri, params=params))
+        if cfg.tensorboard_dir:
+            loggers.append(TensorBoardLogger(cfg.tensorboard_dir))
+    except ImportError as e:   # the extra is not installed: a one-line error, not a traceback
+        raise common.JobError(str(e)) from None
+    return loggers
+
+
 def main(argv=None):
     cfg = parse_args(argv)
     for path, option in ((cfg.data, "--data"), (cfg.test_data, "--test-data")):
@@ -185,15 +210,16 @@ def main(argv=None):
     from sparkdl import fs
     from sparkdl.errors import FitInterrupted
     from sparkdl.train import RoundCheckpoint
-    checkpoint = out("checkpoint.npz")
+    checkpoint = common.out_path(cfg.checkpoint_dir or cfg.output_dir, "checkpoint.npz")
     if cfg.resume and not fs.exists(checkpoint):
         raise common.JobError(f"--resume: there is no checkpoint to resume from at {checkpoint}")
     callbacks = []
     if cfg.checkpoint_every:
-        fs.makedirs(cfg.output_dir)
+        fs.makedirs(cfg.checkpoint_dir or cfg.output_dir)
         callbacks.append(RoundCheckpoint(checkpoint, every=cfg.checkpoint_every))
     try:
-        history = trainer.fit(train, features_col, cfg.label_col, epochs=cfg.epochs, callbacks=callbacks,
+        history = trainer.fit(train, features_col, cfg.label_col, epochs=cfg.epochs,
+                              callbacks=callbacks + tracking_callbacks(cfg, master),
                               resume_from=checkpoint if cfg.resume else None)
     except FitInterrupted as e:
         saved = callbacks[0].last_round if callbacks else None
@@ -206,6 +232,7 @@ def main(argv=None):
     from sparkdl import io
     common.write_bytes(out("model.npz"), io.model_to_bytes(model))
     common.write_text(out("stats.html"), history.stats.to_html(title=f"sparkdl: {cfg.data}, {cfg.model}"))
+    common.write_text(out("stats.json"), history.stats.to_json())
     summary = history.stats.summary()
     common.write_json(out("metrics.json"), {"test": metrics, "history": history.history, "stats": summary,
                                             "mode": history.mode, "mode_reason": history.mode_reason,
@@ -217,7 +244,7 @@ def main(argv=None):
     print(f"rounds: {summary['rounds']}, worker time fitting: {summary['fit_fraction']:.0%}, "
           f"driver overhead per round: {summary['overhead_ms_mean']:.0f} ms")
     fs.remove(checkpoint)   # the run is complete: model.npz holds what the checkpoint would resume to
-    print(f"wrote {out('model.npz')}, metrics.json, stats.html")
+    print(f"wrote {out('model.npz')}, metrics.json, stats.html, stats.json")
     common.stop_if_submitted(spark)
     return 0
 

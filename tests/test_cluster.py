@@ -88,7 +88,7 @@ def test_train_and_predict_on_a_two_worker_standalone_cluster(cluster, tmp_path)
     assert metrics["test"]["accuracy"] > 0.8, metrics["test"]
     assert metrics["history"]["loss"][-1] < metrics["history"]["loss"][0]
 
-    app_id, executors, counts = tasks_per_worker(cluster, str(train_events), "sparkdl: epoch")
+    app_id, executors, counts = tasks_per_worker(cluster, str(train_events), "sparkdl fit: epoch")
     log(f"{app_id}: training-round tasks per worker: " + ", ".join(
         f"worker-{i + 1} (executor {', '.join(e for e, w in sorted(executors.items()) if w == i)}): {n}"
         for i, n in counts.items()))

@@ -4,6 +4,7 @@ several workers), the jobs master's loop with an in-process launcher, a worker k
 an epoch end, and what the driver receives."""
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -133,10 +134,11 @@ def test_a_worker_killed_from_outside_is_retried_and_the_weights_are_as_if_nothi
 
 
 class StopAfter(Callback):
-    def __init__(self, epoch):
-        self.epoch = epoch
+    def __init__(self, epoch, sleep=0.0):
+        self.epoch, self.sleep = epoch, sleep
 
     def on_epoch_end(self, epoch, logs=None):
+        time.sleep(self.sleep)   # a slow epoch end: the workers go on fitting meanwhile
         if epoch == self.epoch:
             self.model.stop_training = True
 
@@ -146,6 +148,39 @@ def test_stopping_at_an_epoch_end_keeps_that_epochs_average(shards):
     stopped, hs = fit("barrier", shards, epochs=5, callbacks=[StopAfter(1)])
     assert hs.epoch == [0, 1] and len(hs.rounds) == len(h2.rounds)
     np.testing.assert_array_equal(stopped.get_flat_params(), two.get_flat_params())
+
+
+def test_workers_that_ran_past_a_stop_end_with_that_epochs_average(shards):
+    """The workers do not wait for the driver's epoch-end work (here 0.3 s a callback sleeps); the rounds they fit
+    past the epoch the driver stops at are not used, and they all end quietly."""
+    two, h2 = fit("barrier", shards, epochs=2)
+    stopped, hs = fit("barrier", shards, epochs=5, callbacks=[StopAfter(1, sleep=0.3)])
+    assert hs.epoch == [0, 1] and len(hs.rounds) == len(h2.rounds)
+    np.testing.assert_array_equal(stopped.get_flat_params(), two.get_flat_params())
+
+
+class _Inbox:
+    """Control's side of the verdicts: the driver's messages, in order."""
+
+    def __init__(self, verdicts):
+        self.verdicts, self.read_at = list(verdicts), []
+
+    def expect(self, kind, round_, timeout):
+        header = self.verdicts.pop(0)
+        assert kind == "verdict" and header["round"] == round_
+        self.read_at.append(round_)
+        return header, None
+
+
+def test_a_verdict_is_read_lag_rounds_late_or_at_the_next_fetched_round():
+    from sparkdl.dist.barrier import _Verdicts
+    inbox = _Inbox([{"round": 4, "stop": False, "lag": 2}, {"round": 9, "stop": False, "lag": 2},
+                    {"round": 14, "stop": True}])
+    verdicts = _Verdicts(inbox, [4, 9, 14, 19], total=20, lag=16, timeout=1.0)
+    read = {g: (verdicts.due(g), list(inbox.read_at)) for g in range(20)}
+    assert read[8] == (False, []) and read[9] == (False, [4])      # lag 16: read at the next fetched round
+    assert read[10] == (False, [4]) and read[11] == (False, [4, 9])   # lag 2, from the last verdict
+    assert read[15] == (False, [4, 9]) and read[16] == (True, [4, 9, 14])   # stop: every worker at round 17
 
 
 def test_ports_come_from_the_configured_range(shards):

@@ -189,11 +189,13 @@ def test_the_cli_stops_on_sigint_in_one_line_and_a_killed_one_resumes(tmp_path, 
     time.sleep(0.5)
     assert _left_in(proc.pid) == [], "processes were left running"
 
-    proc = _train(tmp_path / "kill", mode, epochs)
-    _wait_for(tmp_path / "kill" / "checkpoint.npz", proc)
+    checkpoints = f"file://{tmp_path / 'checkpoints'}"     # a URI, as on a cluster's filesystem
+    proc = _train(tmp_path / "kill", mode, epochs, "--checkpoint-dir", checkpoints)
+    _wait_for(tmp_path / "checkpoints" / "checkpoint.npz", proc)
     os.killpg(proc.pid, signal.SIGKILL)                     # the driver and everything it started
     proc.communicate()
     assert not os.path.exists(tmp_path / "kill" / "model.npz")
-    proc = _train(tmp_path / "kill", mode, epochs, "--resume")
+    proc = _train(tmp_path / "kill", mode, epochs, "--checkpoint-dir", checkpoints, "--resume")
     assert _finish(proc)[0] == 0, proc.stderr
-    np.testing.assert_allclose(_weights(tmp_path / "kill"), whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_weights(tmp_path / "kill"), whole, rtol=1e-6, atol=1e-7)
+    assert not os.path.exists(tmp_path / "checkpoints" / "checkpoint.npz")   # removed once the run is complete

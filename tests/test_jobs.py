@@ -187,12 +187,12 @@ def trained(spark, data, tmp_path_factory):
 
 @pytest.mark.spark
 def test_train_writes_the_model_the_metrics_and_the_stats_page(trained):
-    assert sorted(os.listdir(trained)) == ["metrics.json", "model.npz", "stats.html"]
+    assert sorted(os.listdir(trained)) == ["metrics.json", "model.npz", "stats.html", "stats.json"]
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] > 0.85
     assert metrics["master"].startswith("local") and metrics["stats"]["workers"] == 2
     assert len(metrics["history"]["loss"]) == 3 and metrics["history"]["loss"][-1] < metrics["history"]["loss"][0]
-    assert "Worker timeline" in (trained / "stats.html").read_text()
+    assert "Timeline per worker" in (trained / "stats.html").read_text()
     from sparkdl import load_model
     assert load_model(str(trained / "model.npz")).input_shape == (64,)
 

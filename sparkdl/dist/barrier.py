@@ -27,9 +27,12 @@ Faults. A lost worker fails its barrier task (its peers fail fast, see sparkdl.d
 whole stage and the new workers start from the model the driver holds (the last round it fetched), so a
 retried fit ends with the same weights as one that was never interrupted.
 """
+import bisect
+import collections
 import hashlib
 import json
 import logging
+import math
 import os
 import queue
 import secrets
@@ -49,6 +52,8 @@ from .spill import is_spilled
 
 log = logging.getLogger("sparkdl")
 
+AHEAD_S = 0.25   # how long the driver's epoch-end work may take before the workers wait for its verdict
+FIRST_LAG = 16   # rounds the workers fit past the first fetched round before its verdict (no round times yet)
 REPORT_S = 0.05   # worker 0 sends its round tallies in batches, at most this far apart (and at once where needed)
 # a worker's timing record for one round, as sent to the driver
 FIELDS = ("round", "epoch", "start", "read_s", "load_s", "fit_s", "wait_s", "mesh_s", "ship_s", "n", "steps",
@@ -211,8 +216,12 @@ def worker_main(ctx, spec, x, y, read_s=0.0):
         if len(local) > 1 and group is None:
             group = HostGroup.attach(offers[local[0]])
             if group is None:
+                path = str((offers[local[0]].get("region") or {}).get("path"))
+                why = "it is gone: that worker ended before this one mapped it" if not os.path.exists(path) else \
+                    "it is not the region offered (size, layout or token)"
                 raise RuntimeError(f"worker {ctx.rank} could not map the shared memory of {topo.name(local[0])} on "
-                                   f"its host; use ParameterAveraging(shared_memory=False)")
+                                   f"its host, {path}: {why}; use ParameterAveraging(shared_memory=False) if this "
+                                   f"host cannot share memory between Spark's Python workers")
         if group is not None:   # before the hello: every worker of the host knows the others' threads from round 1
             group.bind(local.index(ctx.rank), spec.get("bind_cpus", True))
         secret = bytes.fromhex(spec["secret"])
@@ -280,9 +289,10 @@ def _train(rank, model, x, y, spec, start, sync, control, views, read_s, device)
     batch, freq, timeout = spec["batch_size_per_worker"], spec["averaging_frequency"], spec["timeout"]
     from .worker import fit_round
     g, per_epoch, total = start["round"], start["rounds_per_epoch"], start["total_rounds"]
-    iterations, sizes, fetch = start["iterations"], start["sizes"], set(start["fetch"])
+    iterations, sizes, fetch = start["iterations"], start["sizes"], sorted(start["fetch"])
+    verdicts = _Verdicts(control, fetch, total, start.get("lag", 1), timeout)
     n_rows, spilled = len(x), is_spilled(x)
-    order_epoch, pending, records = None, [], []
+    order_epoch, records, stop = None, [], False
     reports = _Reports(control, time.time())
     sent0 = received0 = 0
     while g < total:
@@ -313,30 +323,29 @@ def _train(rank, model, x, y, spec, start, sync, control, views, read_s, device)
         iterations += max(-(-n // batch) for n in ns)
         if rank == 0:
             t = time.perf_counter()
-            reports.end(g, time.time(), g in fetch or g + 1 == total)
+            reports.end(g, time.time(), verdicts.fetched(g) or g + 1 == total)
             record["ship_s"] = time.perf_counter() - t
         mesh = sync.mesh
         sent, received = (mesh.sent, mesh.received) if mesh is not None else (0, 0)
         record.update(sent=sent - sent0 + control.sent, received=received - received0)
         sent0, received0, control.sent = sent, received, 0
         if spec["collect_stats"]:
-            if g in fetch:   # reading /proc costs ~30 us: once per fetch is enough
+            if verdicts.fetched(g):   # reading /proc costs ~30 us: once per fetch is enough
                 record["memory"] = _private_memory()
             records.append([record.get(f, 0.0) for f in FIELDS])
-        if g in fetch:
+        if stop := verdicts.due(g):
+            break
+        if verdicts.fetched(g):
             if sync.leader:   # the leaders' summed ranges make up the model once
                 lo, hi = sync.mesh.owned(sync.block.size) if sync.mesh is not None else (0, sync.block.size)
                 control.send({"type": "model", "round": g, "lo": lo, "hi": hi}, {"chunk": sync.block[lo:hi]})
             if spec["collect_stats"]:
-                control.send({"type": "stats", "round": g, "fields": list(FIELDS)},
+                control.send({"type": "stats", "round": g, "fields": list(FIELDS),
+                              "grad_norms": model.layer_norms(model.grads)},
                              {"records": np.asarray(records, np.float64).reshape(-1, len(FIELDS))})
                 records = []
-            if g + 1 < total:
-                pending.append(g)
-        if _stopped(control, pending, g, timeout):
-            break
         g += 1
-    control.send({"type": "bye", "round": min(g, total - 1)})
+    control.send({"type": "bye", "round": min(g, total - 1), "stopped": bool(stop)})
 
 
 def _private_memory():
@@ -372,14 +381,34 @@ class _Reports:
             self.rows, self.ends, self.first, self.sent = [], [when], None, time.monotonic()
 
 
-def _stopped(control, pending, g, timeout):
-    """Whether the driver's verdict on a round it fetched (awaited one round later, so that the driver's epoch-end
-    work overlaps this round) says to stop there."""
-    while pending and pending[0] < g:
-        verdict, _ = control.expect("verdict", pending.pop(0), timeout)
-        if verdict["stop"]:
-            return True
-    return False
+class _Verdicts:
+    """The driver's verdicts on the rounds it fetches (go on, or stop there: a callback stopped the fit). A worker
+    goes on fitting while the driver does its epoch-end work and reads the verdict on round p only at the end of
+    round p + lag, or of the next fetched round if that comes first, whatever it already holds: every worker reads
+    it at the same round, so all stop together. The driver sets the lag in each verdict (for the next one) from
+    its round times; the rounds fitted past a stop are not used."""
+
+    def __init__(self, control, fetch, total, lag, timeout):
+        self.control, self.fetch, self.total, self.lag, self.timeout = control, fetch, total, int(lag), timeout
+        self.fetch_set, self.pending = set(fetch), []   # [(fetched round, round its verdict is read at)]
+
+    def fetched(self, g):
+        """Whether the driver fetches round g."""
+        return g in self.fetch_set
+
+    def due(self, g):
+        """At the end of round g: whether a verdict read now says to stop (else round g's verdict is owed, where
+        the driver fetches it and it is not the last)."""
+        while self.pending and self.pending[0][1] <= g:
+            verdict, _ = self.control.expect("verdict", self.pending.pop(0)[0], self.timeout)
+            if verdict["stop"]:
+                return True
+            lag = verdict.get("lag", self.lag)
+            self.lag = lag if type(lag) is int and lag >= 1 else 1
+        if g in self.fetch_set and g + 1 < self.total:
+            later = self.fetch[bisect.bisect_right(self.fetch, g):]
+            self.pending.append((g, min(g + self.lag, later[0] if later else self.total - 1)))
+        return False
 
 
 def _to_block(model, views):
@@ -415,6 +444,7 @@ class BarrierDriver:
         self.lost, self.groups = [], []
         self.stage_done = False   # set when the launcher's stage has ended: no retried workers will come
         self.tallies = {}         # round -> (tally row, start, wall time) of worker 0's batches not used yet
+        self.walls = collections.deque(maxlen=50)   # the last rounds' wall times
 
     def worker_spec(self, ports=None):
         run, master = self.run, self.run.master
@@ -436,7 +466,7 @@ class BarrierDriver:
         pending = None
         for epoch, r, g in run.rounds():
             if pending is not None:
-                self.server.send_all({"type": "verdict", "round": pending, "stop": False})
+                self.server.send_all({"type": "verdict", "round": pending, "stop": False, "lag": self._lag()})
                 pending = None
             before = dict(self.server.bytes)
             try:
@@ -460,13 +490,21 @@ class BarrierDriver:
             averaged = run.average(total, epoch, r, g, arrays, skip=arrays is None)
             used = {f"driver_{k}_bytes": v - before[k] for k, v in self.server.bytes.items()}
             run.commit(total, averaged, epoch, r, g, t0, extra={**timing, **used})
+            self.walls.append(timing["wall_s"])
             if g in self.fetch and g + 1 < self.total_rounds:
                 pending = g
         if pending is not None and run.stopped:
-            try:   # the workers are fitting round pending + 1 by now: that round is not used
+            try:   # the workers have gone on fitting the rounds after pending: those are not used
                 self.server.send_all({"type": "verdict", "round": pending, "stop": True})
             except WorkerLost:
-                pass
+                return
+            self.server.wait_for_byes(self.timeout)
+
+    def _lag(self):
+        """How many rounds the workers may fit past a fetched round before they wait for its verdict: enough to
+        cover AHEAD_S of the driver's epoch-end work, judged from the recent rounds' times."""
+        mean = sum(self.walls) / max(len(self.walls), 1)
+        return max(1, math.ceil(AHEAD_S / max(mean, 1e-4)))
 
     def dismiss_late_workers(self):
         """After the last round: workers of a retried attempt (one lost after sending everything) are told that
@@ -502,7 +540,7 @@ class BarrierDriver:
             self.groups = sorted({tuple(h["group"]) for h in hellos.values()})
             p = run.payload(copy=False)
             flat = np.concatenate([np.ravel(p[name]) for name, _ in self.parts]).astype(run.model.dtype, copy=False)
-            header = {"type": "start", "round": round_, "rounds_per_epoch": run.rounds_per_epoch,
+            header = {"type": "start", "round": round_, "rounds_per_epoch": run.rounds_per_epoch, "lag": FIRST_LAG,
                       "total_rounds": self.total_rounds, "iterations": p["iterations"], "sizes": sizes,
                       "fetch": sorted(g for g in self.fetch if g >= round_)}
             try:
@@ -564,6 +602,8 @@ class BarrierDriver:
                         rec = dict(zip(names, values.tolist()))
                         rec["worker"] = w
                         rec["round"], rec["epoch"] = int(rec["round"]), int(rec["epoch"])
+                        if rec["round"] == g and isinstance(header.get("grad_norms"), dict):
+                            rec["grad_norms"] = header["grad_norms"]
                         total.stats.append(rec)
         return total, model, timing
 

@@ -184,6 +184,24 @@ class ControlServer:
             except OSError:
                 pass
 
+    def wait_for_byes(self, timeout):
+        """Read and drop what the workers still send until each has said goodbye (or is lost), for up to
+        ``timeout`` seconds: after a stop, workers that ran ahead finish the round they are in first."""
+        deadline = time.monotonic() + timeout
+        while self._selector is not None and len(self._finished) < len(self.workers):
+            ready = self._selector.select(timeout=max(deadline - time.monotonic(), 0.0))
+            if not ready:
+                return False
+            for key, _ in ready:
+                w = key.data
+                try:
+                    self._read(w, deadline)
+                except (WorkerLost, TimeoutError) as e:
+                    self._finished[w] = str(e)
+                    self._selector.unregister(key.fileobj)
+                self._inbox[w].clear()
+        return True
+
     def drop_workers(self):
         for _, conn in self.workers.values():
             conn.close()

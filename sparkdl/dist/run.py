@@ -14,6 +14,7 @@ from ..backend import to_numpy
 from ..errors import FitInterrupted
 from ..train.callbacks import CallbackList, History
 from ..train.progress import Progress
+from ..train import stats as stats_mod
 from ..train.stats import TrainingStats
 from . import schedule
 from .averaging import Contribution
@@ -70,6 +71,13 @@ class FitRun:
             raise ValueError(f"the checkpoint is at round {self.resume_round}, past the {total_rounds} rounds of "
                              f"this fit ({self.epochs} epochs x {self.rounds_per_epoch} rounds)")
         self.model.stop_training = False
+        stats = self.history.stats
+        if stats is not None:
+            stats.config.update(model=self.model.summary(print_fn=None), epochs=self.epochs, rows=self.rows,
+                                workers=len(shard_sizes), rounds_per_epoch=self.rounds_per_epoch,
+                                master={k: v for k, v in vars(self.master).items() if not k.startswith("_")})
+            self._layer_step = max(1, total_rounds // stats_mod.MAX_LAYER_SAMPLES)
+            stats.sample_layers(self.model, self.resume_round - 1)   # the starting point of the first update
         self.callbacks.on_train_begin(logs)
         self.start_clock()
 
@@ -138,6 +146,9 @@ class FitRun:
         if stats is not None:
             stats.rounds = [rec for rec in stats.rounds if rec["round"] <= g]
             stats.workers = [rec for rec in stats.workers if rec["round"] <= g]
+            stats.epochs = [rec for rec in stats.epochs if rec["round"] <= g]
+            stats.layers = [rec for rec in stats.layers if rec["round"] <= g]
+            stats._last = None   # the next sample starts a new interval
         self.epoch_rounds = [(h, c) for h, c in self.epoch_rounds if h <= g]
         self.epoch_total = Contribution()
         for _, c in self.epoch_rounds:
@@ -202,6 +213,13 @@ class FitRun:
         if averaged["params"] is not None:
             self.load(averaged, g)
             self.synced_iterations = averaged["iterations"]
+            stats = self.history.stats
+            if stats is not None and (r == self.rounds_per_epoch - 1 or not stats.layers
+                                      or g - stats.layers[-1]["round"] >= self._layer_step):
+                stats.sample_layers(self.model, g, [rec["grad_norms"] for rec in total.stats
+                                                    if rec.get("round") == g and "grad_norms" in rec])
+            for rec in total.stats:   # kept with the layer samples only
+                rec.pop("grad_norms", None)
         loss = averaged["loss"]
         self.epoch_total.merge(Contribution(n=total.n, loss_sum=total.loss_sum, partials=total.partials))
         self.epoch_rounds.append((g, Contribution(n=total.n, loss_sum=total.loss_sum, partials=total.partials)))
@@ -237,6 +255,8 @@ class FitRun:
             logs.update({f"val_{k}": v for k, v in self.evaluate_validation().items()})
         self.progress.title = f"Epoch {epoch + 1}/{self.epochs}"
         self.progress.end(t.n, logs)
+        if self.history.stats is not None:
+            self.history.stats.add_epoch(epoch, (epoch + 1) * self.rounds_per_epoch - 1, logs)
         self.callbacks.on_epoch_end(epoch, logs)
 
     def finish(self):

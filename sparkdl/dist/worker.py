@@ -38,11 +38,12 @@ def worker_model(model_json, compile_json, backend="numpy"):
 
 
 def fit_round(model, x, y, index_batches, params, state, opt_buffer, iterations, average_optimizer_state,
-              record=None, copy=True):
+              record=None, copy=True, grad_norms=False):
     """Load the driver's buffers into ``model`` (unless ``params`` is None), fit ``index_batches`` of (x, y), and
     return a RoundResult
     (params, state, optimizer state if averaged, loss/metric sums, a timing record). With ``copy=False`` the
-    buffers are views of the model's, valid until the model trains again."""
+    buffers are views of the model's, valid until the model trains again. ``grad_norms``: put the per-layer norms
+    of the round's last gradient in the record."""
     t0 = time.time()
     opt = model.optimizer
     if params is not None:  # None: the model already holds the round's starting point (barrier mode)
@@ -69,5 +70,7 @@ def fit_round(model, x, y, index_batches, params, state, opt_buffer, iterations,
         record.setdefault("start", t0)
         record.update(load_s=t1 - t0, fit_s=t2 - t1, ship_s=t3 - t2, n=totals.count,
                       steps=len(index_batches))
+        if grad_norms:
+            record["grad_norms"] = model.layer_norms(model.grads)
         result.stats.append(record)
     return result

@@ -110,7 +110,8 @@ class DeepClassifier(Classifier, _DeepClassifierParams, _DeepSetters, SparkdlPer
     features length. Without a modelSpec the network is an MLP: Dense(64, relu) then Dense(C, softmax) with C
     from the label column's ML attribute (StringIndexer's) or its max + 1, or Dense(1, sigmoid) with
     ``loss="binary_crossentropy"``. ``batchSize`` is per worker; ``numWorkers=0`` uses the SparkContext's
-    default parallelism; ``mode`` is ParameterAveraging's ("jobs" or "barrier").
+    default parallelism; ``mode`` is ParameterAveraging's ("jobs" or "barrier"). ``mlflowTrackingUri`` and
+    ``tensorboardDir`` log each fit to MLflow and TensorBoard (``pip install sparkdl[tracking]``).
     """
 
     @keyword_only
@@ -118,7 +119,7 @@ class DeepClassifier(Classifier, _DeepClassifierParams, _DeepSetters, SparkdlPer
                  probabilityCol="probability", rawPredictionCol="rawPrediction", modelSpec="",
                  loss="sparse_categorical_crossentropy", optimizer="adam", learningRate=0.001, epochs=10,
                  batchSize=32, averagingFrequency=5, numWorkers=0, mode="auto", seed=None, validationFraction=0.0,
-                 earlyStoppingPatience=0, exportDir=""):
+                 earlyStoppingPatience=0, exportDir="", mlflowTrackingUri="", tensorboardDir=""):
         super().__init__()
         self._set(**_given(self._input_kwargs))
 
@@ -127,7 +128,7 @@ class DeepClassifier(Classifier, _DeepClassifierParams, _DeepSetters, SparkdlPer
                   probabilityCol="probability", rawPredictionCol="rawPrediction", modelSpec="",
                   loss="sparse_categorical_crossentropy", optimizer="adam", learningRate=0.001, epochs=10,
                   batchSize=32, averagingFrequency=5, numWorkers=0, mode="auto", seed=None, validationFraction=0.0,
-                  earlyStoppingPatience=0, exportDir=""):
+                  earlyStoppingPatience=0, exportDir="", mlflowTrackingUri="", tensorboardDir=""):
         return self._set(**_given(self._input_kwargs))
 
     def setProbabilityCol(self, value):
@@ -147,7 +148,8 @@ class DeepRegressor(Regressor, _DeepRegressorParams, _DeepSetters, SparkdlPersis
     @keyword_only
     def __init__(self, *, featuresCol="features", labelCol="label", predictionCol="prediction", modelSpec="",
                  loss="mse", optimizer="adam", learningRate=0.001, epochs=10, batchSize=32, averagingFrequency=5,
-                 numWorkers=0, mode="auto", seed=None, validationFraction=0.0, earlyStoppingPatience=0, exportDir=""):
+                 numWorkers=0, mode="auto", seed=None, validationFraction=0.0, earlyStoppingPatience=0, exportDir="",
+                 mlflowTrackingUri="", tensorboardDir=""):
         super().__init__()
         self._set(**_given(self._input_kwargs))
 
@@ -155,7 +157,7 @@ class DeepRegressor(Regressor, _DeepRegressorParams, _DeepSetters, SparkdlPersis
     def setParams(self, *, featuresCol="features", labelCol="label", predictionCol="prediction", modelSpec="",
                   loss="mse", optimizer="adam", learningRate=0.001, epochs=10, batchSize=32, averagingFrequency=5,
                   numWorkers=0, mode="auto", seed=None, validationFraction=0.0, earlyStoppingPatience=0,
-                  exportDir=""):
+                  exportDir="", mlflowTrackingUri="", tensorboardDir=""):
         return self._set(**_given(self._input_kwargs))
 
     def _fit(self, dataset):

@@ -59,6 +59,12 @@ class _DeepParams(_PredictorParams, HasSeed):
                                    "validationFraction > 0)", TypeConverters.toInt)
     exportDir = _param("exportDir", "jobs mode: where training shards go (local path or Hadoop URI, shared by "
                        "all hosts on a cluster); empty: a temporary local directory", TypeConverters.toString)
+    mlflowTrackingUri = _param("mlflowTrackingUri", "log each fit as an MLflow run (params, per-epoch metrics, the "
+                               "model file and stats.html) to this tracking server or store; empty: off. Needs "
+                               "pip install sparkdl[tracking]", TypeConverters.toString)
+    tensorboardDir = _param("tensorboardDir", "write TensorBoard event files here (a local directory on the driver), "
+                            "a new subdirectory per fit; empty: off. Needs pip install sparkdl[tracking]",
+                            TypeConverters.toString)
 
     _default_loss = None
 
@@ -67,7 +73,8 @@ class _DeepParams(_PredictorParams, HasSeed):
         # HasSeed's default is hash(class name), which Python randomizes per process
         self._setDefault(modelSpec="", loss=self._default_loss, optimizer="adam", learningRate=0.001, epochs=10,
                          batchSize=32, averagingFrequency=5, numWorkers=0, mode="auto", validationFraction=0.0,
-                         earlyStoppingPatience=0, exportDir="", seed=zlib.crc32(type(self).__name__.encode()))
+                         earlyStoppingPatience=0, exportDir="", mlflowTrackingUri="", tensorboardDir="",
+                         seed=zlib.crc32(type(self).__name__.encode()))
 
     def getModelSpec(self):
         return self.getOrDefault(self.modelSpec)
@@ -104,6 +111,12 @@ class _DeepParams(_PredictorParams, HasSeed):
 
     def getExportDir(self):
         return self.getOrDefault(self.exportDir)
+
+    def getMlflowTrackingUri(self):
+        return self.getOrDefault(self.mlflowTrackingUri)
+
+    def getTensorboardDir(self):
+        return self.getOrDefault(self.tensorboardDir)
 
 
 class _DeepClassifierParams(HasProbabilityCol, _ClassifierParams, _DeepParams):
@@ -158,6 +171,12 @@ class _DeepSetters:
 
     def setExportDir(self, value):
         return self._set(exportDir=value)
+
+    def setMlflowTrackingUri(self, value):
+        return self._set(mlflowTrackingUri=value)
+
+    def setTensorboardDir(self, value):
+        return self._set(tensorboardDir=value)
 
 
 def checked(instance):

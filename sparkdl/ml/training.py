@@ -1,7 +1,9 @@
 """What ``fit`` and ``transform`` do, given checked Params: build the network from the spec, train it with
 SparkTrainer, and add the prediction columns in the types Spark's evaluators read."""
 import json
+import os
 import time
+import uuid
 
 import numpy as np
 
@@ -30,12 +32,27 @@ def fit(estimator, df, kind):
     if p["earlyStoppingPatience"]:
         from ..train import EarlyStopping
         callbacks.append(EarlyStopping("val_loss", patience=p["earlyStoppingPatience"], restore_best_weights=True))
+    callbacks += trackers(p, master, estimator.uid)
     start = time.time()
     history = SparkTrainer(network, master).fit(train, p["featuresCol"], p["labelCol"], epochs=p["epochs"],
                                                 validation_df=validation, callbacks=callbacks, verbose=0)
     summary = DeepTrainingSummary(history, time.time() - start, p["numWorkers"] or sc.defaultParallelism,
                                   stopped_early=len(history.epoch) < p["epochs"])
     return network, history, summary
+
+
+def trackers(p, master, uid):
+    """The tracking callbacks Params mlflowTrackingUri and tensorboardDir ask for. TensorBoard gets a subdirectory
+    per fit (a run of its own: a CrossValidator's fits share the estimator's uid)."""
+    from ..train import MLflowLogger, TensorBoardLogger
+    out = []
+    if p["mlflowTrackingUri"]:
+        params = {k: v for k, v in p.items() if k != "modelSpec"}   # the network is logged as model.*
+        out.append(MLflowLogger(p["mlflowTrackingUri"], run_name=uid, params={**params, "master": vars(master)}))
+    if p["tensorboardDir"]:
+        run = f"{uid}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        out.append(TensorBoardLogger(os.path.join(p["tensorboardDir"], run)))
+    return out
 
 
 def build(p, df, kind, who):

@@ -150,6 +150,23 @@ class Model:
         for target, name, off, size, shape in views:
             target[name] = flat[off:off + size].reshape(shape)
 
+    def param_ranges(self):
+        """[(layer name, start, stop)]: where each layer's weights lie in the flat ``params`` (layers without
+        weights left out)."""
+        self._ensure_built()
+        entries = [(layer.name, spec) for layer in self.layers for spec in layer.param_specs]
+        offsets, _ = _layout([spec for _, spec in entries])
+        ranges = {}
+        for (name, (_, shape, _)), off in zip(entries, offsets):
+            lo, hi = ranges.get(name, (off, off))
+            ranges[name] = (min(lo, off), max(hi, off + int(np.prod(shape))))
+        return [(name, lo, hi) for name, (lo, hi) in ranges.items()]
+
+    def layer_norms(self, flat):
+        """{layer name: L2 norm of its part of ``flat``}, a buffer laid out as ``params`` (``grads`` after a step:
+        the norms of the last minibatch's gradients)."""
+        return {name: float(self.xp.linalg.norm(flat[lo:hi])) for name, lo, hi in self.param_ranges()}
+
     def _allocate(self, spec_attr, view_attr, rng, with_grads):
         entries = [(layer, spec) for layer in self.layers for spec in getattr(layer, spec_attr)]
         offsets, total = _layout([spec for _, spec in entries])

@@ -91,7 +91,8 @@ class TaskContext:
 def run_barrier(launcher, spec, run):
     task = _task(spec, run.input_shape, run.n_features, run.label_dtype, launcher.local)
     sc = launcher.sc
-    sc.setJobGroup(launcher.group, f"sparkdl: barrier fit ({launcher.num_workers} workers, {run.epochs} epochs)", True)
+    sc.setJobGroup(launcher.group, f"sparkdl fit: {run.epochs} epochs in one barrier stage of {launcher.num_workers} "
+                                   f"workers", True)
     try:
         launcher.df.mapInArrow(task, "worker int, rows long", barrier=True).repartition(1).collect()
     except Exception as e:

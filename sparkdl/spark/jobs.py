@@ -18,13 +18,15 @@ def exported(launcher, run):
     options, sc = launcher.options, launcher.sc
     own_dir = options.export_dir is None
     base = tempfile.mkdtemp(prefix="sparkdl-") if own_dir else options.export_dir
+    # every job of the fit in one group: a signal cancels the running one (Launcher.cancel)
+    sc.setJobGroup(launcher.group, "sparkdl fit: export training shards", True)
     try:
         export_dir = new_export_dir(base)
-        sc.setJobDescription("sparkdl: export training shards")
         shards = export(launcher.df, export_dir, run.n_features, run.label_dtype)
         launcher.paths = [p for p, _ in shards]
         yield [rows for _, rows in shards]
     finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
         if own_dir:
             fs.remove_dir(base)
 
@@ -68,7 +70,7 @@ def _run_round(launcher, run, epoch, r, g):
     task = _round_task(launcher.paths, run.input_shape, run.model_json, run.compile_json, options.seed,
                        options.shuffle, options.batch_size_per_worker, options.averaging_frequency,
                        options.average_optimizer_state, epoch, r, g, bc, options.backend, launcher.local)
-    sc.setJobDescription(f"sparkdl: epoch {epoch + 1}/{run.epochs}, round {r + 1}/{run.rounds_per_epoch}")
+    sc.setJobDescription(f"sparkdl fit: epoch {epoch + 1}/{run.epochs}, round {r + 1}/{run.rounds_per_epoch}")
     rdd = sc.parallelize(range(len(launcher.paths)), len(launcher.paths)).mapPartitionsWithIndex(task)
     total = rdd.treeAggregate(Contribution(), add, merge, depth=options.aggregation_depth)
     bc.destroy()
@@ -92,5 +94,5 @@ def _round_task(paths, input_shape, model_json, compile_json, seed, shuffle, bat
         batches = _schedule.round_batches(order, batch_size, freq, r)
         record["read_s"] = _time.time() - record["start"]
         yield fit_round(model, x, y, batches, payload["params"], payload["state"], payload["opt"],
-                        payload["iterations"], average_optimizer_state, record)
+                        payload["iterations"], average_optimizer_state, record, grad_norms=True)
     return task

@@ -48,6 +48,11 @@ class ParameterAveraging(Options):
             run.history.mode, run.history.mode_reason = mode, reason
         log.info("sparkdl: %s mode (%s)", mode, run.history.mode_reason)
         launcher = Launcher(self, prepared)
+        if run.history.stats is not None:
+            sc = launcher.sc
+            executors = len(sc._jsc.sc().statusTracker().getExecutorInfos()) - (0 if launcher.local else 1)
+            run.history.stats.config.update(spark_master=sc.master, executors=executors, mode=mode,
+                                            mode_reason=run.history.mode_reason)
         run.stoppers.append(launcher.cancel)   # a signal cancels the fit's Spark jobs (sparkdl.dist.run)
         return masters.get(mode).fit(self, run, launcher)
 

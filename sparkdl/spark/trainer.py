@@ -1,5 +1,6 @@
 """SparkTrainer: fit a compiled sparkdl model on a DataFrame through a master; evaluate and predict on executors."""
 import json
+import logging
 import uuid
 
 import numpy as np
@@ -11,6 +12,9 @@ from ..errors import DataError, FitInterrupted
 from ..dist.run import FitRun, stop_on_signals
 from . import data
 from .master import ParameterAveraging, _storage_level
+
+log = logging.getLogger("sparkdl")
+
 
 class SparkTrainer:
     """Train, evaluate and predict with a compiled sparkdl model on Spark DataFrames.
@@ -79,6 +83,7 @@ class SparkTrainer:
         start = (model.get_flat_params(), model.get_flat_state(), model.optimizer.get_state())
         run = FitRun(model, master, epochs, callbacks, evaluate_validation, verbose, resume_round)
         run.history.mode, run.history.mode_reason = mode, reason
+        model.history = run.history   # callbacks may read the fit's history (its stats), as in the local fit
         try:
             with stop_on_signals(run), data.task_errors():
                 return master.fit(run, prepared, mode)
@@ -92,8 +97,15 @@ class SparkTrainer:
             return self._run(prepared, "jobs", str(e).split(";")[0], epochs, callbacks, evaluate_validation, verbose,
                              resume_round)
         except BaseException as e:
+            error = e
             if run.stop_signal is not None and not isinstance(e, FitInterrupted):
-                raise run.interrupted() from None   # not the cancelled job's error: where the fit stopped
+                error = run.interrupted()   # not the cancelled job's error: where the fit stopped
+            try:
+                run.callbacks.on_train_failed(error)   # e.g. a tracking run is ended, not left open
+            except Exception:
+                log.warning("sparkdl: a callback failed in on_train_failed", exc_info=True)
+            if error is not e:
+                raise error from None
             raise
 
     def _resume(self, path):

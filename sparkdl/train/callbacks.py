@@ -15,6 +15,7 @@ class Callback:
     def on_round_end(self, round, logs=None): pass   # distributed training: after each averaging round
     def on_epoch_end(self, epoch, logs=None): pass
     def on_train_end(self, logs=None): pass
+    def on_train_failed(self, error): pass   # SparkTrainer.fit raised error; on_train_end is not called
 
     def reads_model_at_round(self, round):
         """Distributed training: whether ``on_round_end(round)`` reads ``self.model``. Barrier mode then loads that

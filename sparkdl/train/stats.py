@@ -1,20 +1,54 @@
 """Training statistics: per round, the driver's times; per worker and round, the time spent reading data,
-loading params, fitting and shipping results. ``to_html`` draws a per-worker timeline and the loss curve in
-one self-contained file (inline SVG, no scripts, no downloads)."""
-import html
+loading params, fitting, waiting and sending; per epoch, the logged loss and metrics (validation included); every
+few rounds, per layer, the weights' norm and the mean update per round against it. ``to_html`` writes the report
+(sparkdl.train.report), ``to_json`` the same data."""
 import json
 
-_COLORS = {"read_s": "#9e9e9e", "load_s": "#ffb74d", "fit_s": "#1e88e5", "ship_s": "#e53935", "wait_s": "#e0e0e0"}
+import numpy as np
+
+from ..backend import to_numpy
+
+MAX_LAYER_SAMPLES = 100   # per fit: sampling the layers costs a pass over the model, so it is bounded
 
 
 class TrainingStats:
     def __init__(self):
         self.rounds = []    # driver records: round, epoch, start, wall_s (end to end), merge_s (driver work), loss, n
-        self.workers = []   # worker records: worker, round, start, read_s, load_s, fit_s, ship_s, n, steps
+        self.workers = []   # worker records: worker, round, start, read_s, load_s, fit_s, wait_s, ship_s, n, steps
+        self.epochs = []    # epoch, round (its last), time (since the first round), and the epoch's logs
+        self.layers = []    # round, {layer: {weight_norm, update_norm (per round since the last sample), ratio}}
+        self.config = {}    # what the run was: model, master settings, Spark master and executors, mode
+        self._last = None   # (round, params) of the last layer sample
 
     def add_round(self, record, worker_records=()):
         self.rounds.append(record)
         self.workers.extend(worker_records)
+
+    def add_epoch(self, epoch, round_, logs):
+        t0 = self.rounds[0]["start"] if self.rounds else 0.0
+        end = self.rounds[-1]["start"] + self.rounds[-1]["wall_s"] if self.rounds else 0.0
+        self.epochs.append({"epoch": epoch, "round": round_, "time_s": end - t0,
+                            **{k: float(v) for k, v in logs.items() if np.ndim(v) == 0}})
+
+    def sample_layers(self, model, round_, grad_norms=()):
+        """Per layer: the norm of its weights and of their mean change per round since the last sample, and the
+        ratio of the two (Deeplearning4j's update:parameter ratio; about 1e-3 is healthy); with ``grad_norms``
+        (the workers' {layer: norm of the round's last gradient}), their mean. One pass over the model and one
+        copy of it."""
+        params = to_numpy(model.params).astype(np.float64)
+        layers = {}
+        for name, lo, hi in model.param_ranges():
+            w = params[lo:hi]
+            entry = {"weight_norm": float(np.linalg.norm(w))}
+            if self._last is not None and round_ > self._last[0]:
+                update = float(np.linalg.norm(w - self._last[1][lo:hi])) / (round_ - self._last[0])
+                entry.update(update_norm=update, ratio=update / entry["weight_norm"] if entry["weight_norm"] else None)
+            got = [g[name] for g in grad_norms if isinstance(g.get(name), (int, float))]
+            if got:
+                entry["grad_norm"] = float(np.mean(got))
+            layers[name] = entry
+        self._last = (round_, params)
+        self.layers.append({"round": round_, "layers": layers})
 
     def summary(self):
         """Totals the benchmarks report: fraction of worker time fitting, driver overhead per round (the round's
@@ -45,7 +79,8 @@ class TrainingStats:
         return out
 
     def to_dict(self):
-        return {"rounds": self.rounds, "workers": self.workers, "summary": self.summary()}
+        return {"summary": self.summary(), "config": self.config, "epochs": self.epochs, "rounds": self.rounds,
+                "workers": self.workers, "layers": self.layers}
 
     def to_json(self, path=None):
         text = json.dumps(self.to_dict(), default=float)
@@ -55,60 +90,11 @@ class TrainingStats:
         return text
 
     def to_html(self, path=None, title="sparkdl training"):
-        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:right}</style>"
-                f"</head><body><h1>{html.escape(title)}</h1>{self._summary_table()}"
-                f"<h2>Worker timeline</h2>{self._timeline()}<h2>Loss per round</h2>{self._loss_curve()}"
-                "</body></html>")
+        """A self-contained report (plotly, its JavaScript inline: it opens offline); written to ``path`` if given,
+        returned as text."""
+        from .report import render
+        page = render(self, title)
         if path:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(page)
         return page
-
-    def _summary_table(self):
-        rows = "".join(f"<tr><th>{k}</th><td>{v:.4g}</td></tr>" for k, v in self.summary().items())
-        return f"<table>{rows}</table>"
-
-    def _timeline(self, width=1000, row=22):
-        if not self.workers:
-            return "<p>no worker records</p>"
-        t0 = min(min(w["start"] for w in self.workers), min(r["start"] for r in self.rounds))
-        t1 = max(r["start"] + r["wall_s"] for r in self.rounds)
-        scale = width / max(t1 - t0, 1e-9)
-        ids = sorted({w["worker"] for w in self.workers})
-        parts = []
-        for i, wid in enumerate(ids):
-            y = 20 + i * row
-            parts.append(f"<text x='0' y='{y + 14}' font-size='12'>worker {wid}</text>")
-            for w in (w for w in self.workers if w["worker"] == wid):
-                x = 80 + (w["start"] - t0) * scale
-                for key in _COLORS:
-                    d = w.get(key, 0.0) * scale
-                    parts.append(f"<rect x='{x:.1f}' y='{y}' width='{max(d, 0.5):.1f}' height='{row - 4}' "
-                                 f"fill='{_COLORS[key]}'><title>round {w['round']} {key[:-2]} "
-                                 f"{w.get(key, 0.0) * 1000:.1f} ms</title></rect>")
-                    x += d
-        y = 20 + len(ids) * row
-        parts.append(f"<text x='0' y='{y + 14}' font-size='12'>driver</text>")
-        for r in self.rounds:
-            x = 80 + (r["start"] - t0) * scale
-            parts.append(f"<rect x='{x:.1f}' y='{y}' width='{max(r['wall_s'] * scale, 0.5):.1f}' height='{row - 4}' "
-                         f"fill='none' stroke='#555'><title>round {r['round']} (epoch {r['epoch']}): "
-                         f"{r['wall_s'] * 1000:.1f} ms, merge {r.get('merge_s', 0) * 1000:.1f} ms</title></rect>")
-        legend = " ".join(f"<span style='color:{c}'>&#9632; {k[:-2]}</span>" for k, c in _COLORS.items())
-        return (f"<p>{legend}</p><svg width='{width + 100}' height='{y + row + 10}' "
-                f"xmlns='http://www.w3.org/2000/svg'>{''.join(parts)}</svg>")
-
-    def _loss_curve(self, width=800, height=240):
-        losses = [(r["round"], r["loss"]) for r in self.rounds if r.get("loss") is not None]
-        if not losses:
-            return "<p>no loss records</p>"
-        lo, hi = min(l for _, l in losses), max(l for _, l in losses)
-        n = max(len(losses) - 1, 1)
-        pts = " ".join(f"{40 + i * (width - 50) / n:.1f},{10 + (hi - l) / max(hi - lo, 1e-12) * (height - 30):.1f}"
-                       for i, (_, l) in enumerate(losses))
-        return (f"<svg width='{width}' height='{height}' xmlns='http://www.w3.org/2000/svg'>"
-                f"<polyline fill='none' stroke='#1e88e5' stroke-width='2' points='{pts}'/>"
-                f"<text x='0' y='14' font-size='11'>{hi:.3g}</text>"
-                f"<text x='0' y='{height - 18}' font-size='11'>{lo:.3g}</text>"
-                f"<text x='{width / 2:.0f}' y='{height - 2}' font-size='11'>round</text></svg>")

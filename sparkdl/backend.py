@@ -88,3 +88,18 @@ def resolve(backend="auto", gpus=(), local=False):
     if backend == "cupy":
         warnings.warn(f"backend='cupy' but {reason}; training on the CPU with numpy", RuntimeWarning)
     return "numpy"
+
+
+_BLAS = []  # a threadpoolctl ThreadpoolController, made on first use ([None] without threadpoolctl)
+
+
+def blas_threads(n):
+    """A threadpoolctl limit holding BLAS to ``n`` threads (``restore_original_limits()`` ends it, or use it as a
+    context manager); None without threadpoolctl."""
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _BLAS.append(ThreadpoolController())
+        except ImportError:
+            _BLAS.append(None)
+    return None if _BLAS[0] is None else _BLAS[0].limit(limits=int(n), user_api="blas")

@@ -13,7 +13,7 @@ import numpy as np
 from .. import losses as losses_mod
 from .. import metrics as metrics_mod
 from .. import optim
-from ..backend import check_dtype, get_xp, make_rng, to_numpy
+from ..backend import blas_threads, check_dtype, get_xp, make_rng, to_numpy
 from . import initializers
 from .layer import Layer
 
@@ -60,21 +60,10 @@ def _take(x, start, stop):
     return x[start:stop]
 
 
-_BLAS = []  # a threadpoolctl ThreadpoolController, made on first use ([None] without threadpoolctl)
-
-
 def _one_blas_thread():
     """A context manager that holds BLAS to one thread (a no-op without threadpoolctl)."""
-    if not _BLAS:
-        try:
-            from threadpoolctl import ThreadpoolController
-            _BLAS.append(ThreadpoolController())
-        except ImportError:
-            _BLAS.append(None)
-    if _BLAS[0] is None:
-        import contextlib
-        return contextlib.nullcontext()
-    return _BLAS[0].limit(limits=1, user_api="blas")
+    import contextlib
+    return blas_threads(1) or contextlib.nullcontext()
 
 
 class Model:

@@ -37,6 +37,7 @@ bench: $(VENV)/.installed-test
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python bench/spark_fit.py $(SPARK_BENCH_ARGS)
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python bench/scale.py $(SCALE_BENCH_ARGS)
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python bench/memory.py $(MEMORY_BENCH_ARGS)
+	$(BIN)/python bench/first_run.py $(FIRST_RUN_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

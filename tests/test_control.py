@@ -11,6 +11,7 @@ import pytest
 
 from sparkdl.dist import control, wire
 from sparkdl.dist.control import Control, ControlServer, WorkerLost
+from waiting import until
 
 SECRET = b"s" * 32
 
@@ -228,15 +229,6 @@ def _closed_by_server(sock):
         return True
 
 
-def _until(cond, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
 def test_handshake_refuses_wrong_secret_garbage_and_silent_peers(socks, servers):
     server = servers(handshake_timeout=0.3)
     bad = _client(socks, server, 0, secret=b"x" * 32)
@@ -267,7 +259,7 @@ def test_handshake_refuses_wrong_secret_garbage_and_silent_peers(socks, servers)
     silent.settimeout(3)
     assert len(silent.recv(32)) == 32                 # the nonce, then nothing from us: closed after the timeout
     assert _closed_by_server(silent)
-    assert _until(lambda: server.refused == 6), server.refused
+    assert until(lambda: server.refused == 6), server.refused
     assert server.bytes == {"control": 0, "model": 0, "stats": 0}   # nothing of theirs was counted as traffic
     wire.send(good1, {"type": "round", "round": 0})
     assert server.recv(1, "round", 0)[0] == {"type": "round", "round": 0}
@@ -318,7 +310,7 @@ def test_a_newer_attempt_replaces_an_older_one(socks, servers):
     clients = []
     for w, attempt in ((0, 5), (1, 2), (7, 9), (1, 9)):   # one after the other into the joined queue
         clients.append(_client(socks, server, w, attempt=attempt))
-        assert _until(lambda: server.joined.qsize() == len(clients))
+        assert until(lambda: server.joined.qsize() == len(clients))
     old, stale, stranger, new1 = clients   # stale: from before the retry; stranger: not a worker of this fit
     workers = server.wait_for_workers(2, min_attempt=5)
     assert workers[1]["attempt"] == 9 and workers[0]["attempt"] == 5
@@ -326,9 +318,9 @@ def test_a_newer_attempt_replaces_an_older_one(socks, servers):
     # within one wait, a second hello of the same worker replaces the first (whose socket is closed)
     server2 = servers()
     first = _client(socks, server2, 0, attempt=1)
-    assert _until(lambda: server2.joined.qsize() == 1)
+    assert until(lambda: server2.joined.qsize() == 1)
     second = _client(socks, server2, 0, attempt=2)
-    assert _until(lambda: server2.joined.qsize() == 2)
+    assert until(lambda: server2.joined.qsize() == 2)
     _client(socks, server2, 1, attempt=2)
     workers = server2.wait_for_workers(2)
     assert workers[0]["attempt"] == 2 and _closed_by_server(first)
@@ -343,9 +335,9 @@ def test_a_newer_attempt_replaces_an_older_one(socks, servers):
 def test_a_late_hello_of_an_older_attempt_does_not_replace_a_newer_one(socks, servers):
     server = servers()
     _client(socks, server, 0, attempt=3)
-    assert _until(lambda: server.joined.qsize() == 1)
+    assert until(lambda: server.joined.qsize() == 1)
     _client(socks, server, 0, attempt=1)
-    assert _until(lambda: server.joined.qsize() == 2)
+    assert until(lambda: server.joined.qsize() == 2)
     _client(socks, server, 1, attempt=3)
     assert server.wait_for_workers(2)[0]["attempt"] == 3
 
@@ -481,7 +473,7 @@ def test_abort_reaches_the_workers_check(socks, servers):
     ctl0, ctl1 = _worker(socks, server, 0), _worker(socks, server, 1)
     server.wait_for_workers(2)
     server.send(0, {"type": "verdict", "round": 2, "stop": False})
-    assert _until(lambda: (ctl0.check(), ctl0.inbox)[1])    # kept for later, not an abort
+    assert until(lambda: (ctl0.check(), ctl0.inbox)[1])    # kept for later, not an abort
     server.abort("worker 1 was lost")
     for ctl in (ctl0, ctl1):
         deadline = time.monotonic() + 3.0
@@ -510,7 +502,7 @@ def test_a_worker_with_the_wrong_secret_hears_nothing_but_a_close(socks, servers
     socks.append(ctl.sock)
     with pytest.raises(control.Aborted, match="closed the connection"):
         ctl.expect("start", timeout=3.0)
-    assert _until(lambda: server.refused == 1)
+    assert until(lambda: server.refused == 1)
 
 
 def test_control_expect(socks, servers):

@@ -21,6 +21,7 @@ from sparkdl import io
 from sparkdl.dist import wire
 from sparkdl.dist.control import ControlServer, WorkerLost
 from sparkdl.nn import Dense, Sequential
+from waiting import until
 
 SECRET = b"s" * 32
 
@@ -221,15 +222,6 @@ def _connect(socks, server):
     return s
 
 
-def _until(cond, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
 def test_the_control_server_refuses_replayed_answers_and_odd_hellos(socks, server):
     good = _connect(socks, server)
     nonce = good.recv(32)
@@ -248,7 +240,7 @@ def test_the_control_server_refuses_replayed_answers_and_odd_hellos(socks, serve
     s = _connect(socks, server)                     # a hello carrying arrays: nothing is read before the hello
     wire.respond(s, SECRET)
     wire.send(s, {"type": "hello", "worker": 1}, {"x": np.zeros(4, np.float32)})
-    assert _until(lambda: server.refused == 2 + len(hellos)), server.refused
+    assert until(lambda: server.refused == 2 + len(hellos)), server.refused
     assert server.joined.qsize() == 1
     assert sorted(server.wait_for_workers(1)) == [0]
     assert server.bytes == {"control": 0, "model": 0, "stats": 0}
@@ -273,7 +265,7 @@ def test_flipped_hello_frames_are_joined_or_refused_never_lost(socks, server):
             s.shutdown(socket.SHUT_WR)
         except OSError:   # the server refused what it had read so far and closed
             pass
-        assert _until(lambda: server.refused + server.joined.qsize() == n), (n, server.refused, bytes(flipped))
+        assert until(lambda: server.refused + server.joined.qsize() == n), (n, server.refused, bytes(flipped))
     assert 0 < server.refused < 40
 
 

@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 
-from .backend import to_numpy
+from ..backend import to_numpy
 
 FORMAT_VERSION = 1
 _REQUIRED = ("sparkdl_format", "config", "params", "state")
@@ -156,7 +156,7 @@ def _int(arrays, key, name):
 
 def _model(arrays, name, backend):
     """The model ``arrays`` describe, built (and compiled where they hold compile settings), weights not set."""
-    from .nn.model import model_from_config
+    from ..nn.model import model_from_config
     config = _json(arrays, "config", name)
     try:
         model = model_from_config(config, backend=backend).build()

@@ -199,7 +199,13 @@ def model_from_arrays(arrays, name="model file", backend="numpy"):
 
 
 def load_model(path, backend="numpy"):
-    """Read a model written by ``save_model`` (a path or a readable binary file object)."""
+    """Read a model written by ``save_model`` (a path or a readable binary file object), or a Keras model file
+    (a ``.keras`` zip or a legacy HDF5 ``.h5`` path, told apart by its content, not its name: see
+    ``sparkdl.io.keras``)."""
+    if not hasattr(path, "read"):
+        from .keras import keras_format, load_keras
+        if keras_format(path) is not None:   # by content: a sparkdl file named x.h5 still loads
+            return load_keras(path, backend=backend)
     name = repr(os.fspath(path)) if not hasattr(path, "read") else "the model file"
     return _restore(*_read(path, name, backend), name)
 

@@ -1,0 +1,458 @@
+"""ONNX export: a sparkdl model as a graph of standard ONNX operators (default opset 17, any from 13 up).
+
+The graph computes what ``model.predict`` computes (inference: Dropout is the identity, BatchNormalization uses
+its moving statistics) on float32 inputs and outputs laid out as sparkdl's, with a dynamic batch dimension
+("batch"). Weights become initializers named ``"<layer name>.<weight name>"``.
+
+How layers map:
+- Dense: MatMul (+ Add); Flatten, Reshape, Dropout (nothing), Embedding: Cast to int64 + Gather; Add: Add;
+  Concatenate: Concat.
+- Conv2D, MaxPooling2D, AveragePooling2D: Conv / MaxPool / AveragePool, which take NCHW. Channels-last layers
+  get a Transpose on each side; consecutive image layers share them (a value remembers its NCHW twin, and
+  elementwise activations run on the twin), and transposes nobody reads are pruned. "same" padding is the
+  explicit TensorFlow padding (odd pixel bottom/right); AveragePool averages real pixels only, as sparkdl.
+- GlobalAveragePooling2D: ReduceMean.
+- BatchNormalization: (x - moving_mean) * (gamma / sqrt(moving_variance + epsilon)) + beta, constants folded.
+- LayerNormalization: the LayerNormalization operator (opset >= 17, trailing axes), else its decomposition.
+- SimpleRNN, LSTM, GRU: the RNN / LSTM / GRU operators (gates reordered from Keras's i, f, c, o to ONNX's
+  i, o, f, c; GRU ``reset_after`` is ``linear_before_reset``; ``go_backwards`` reverses the input, as sparkdl
+  returns the sequence in processing order). Their activations must be ones those operators define (tanh,
+  sigmoid, relu, leaky_relu, elu); gelu or softmax inside a recurrent layer is not exportable.
+- Activations: Relu, LeakyRelu, Elu, Sigmoid, Tanh, Softmax (last axis); GELU is sparkdl's tanh approximation
+  (the Gelu operator with approximate="tanh" from opset 20, else its decomposition into Tanh, Mul and Add).
+"""
+import os
+
+import numpy as np
+
+from ..backend import to_numpy
+from ..nn import activations as acts
+from ..nn.conv import Conv2D
+from ..nn.core import Dense, Dropout, Flatten, Reshape
+from ..nn.embedding import Embedding
+from ..nn.graph import Add, Concatenate, GraphModel
+from ..nn.normalization import BatchNormalization, LayerNormalization
+from ..nn.pooling import AveragePooling2D, GlobalAveragePooling2D, MaxPooling2D
+from ..nn.recurrent import GRU, LSTM, SimpleRNN
+from ..nn.sequential import Sequential
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 13       # Squeeze/Slice/Softmax with the semantics used here
+_TO_NCHW, _TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
+
+
+def _import_onnx():
+    try:
+        import onnx  # the onnx package (absolute import: not this module)
+    except ImportError:
+        raise ImportError("ONNX export needs the onnx package: pip install sparkdl[onnx]") from None
+    return onnx
+
+
+def export_onnx(model, path=None, opset=DEFAULT_OPSET, input_name="input", output_name="output"):
+    """Write ``model`` (Sequential or GraphModel, built) as an ONNX model and return the ``onnx.ModelProto``.
+
+    ``path``: a local file path, a writable binary file, or None (only return the proto). ``opset``: the ONNX
+    default-domain opset, 17 unless given (13 or later). ``input_name`` names the graph input of a single-input
+    model; a model with several inputs keeps its own input names unless ``input_name`` is a list of as many.
+    ``output_name`` names the graph output. Inputs, output and weights are float32 (a float64 model's weights
+    are rounded) with a dynamic batch dimension ("batch").
+    A layer or option with no ONNX equivalent raises ValueError naming the layer.
+    """
+    onnx = _import_onnx()
+    max_opset = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or not MIN_OPSET <= opset <= max_opset:
+        raise ValueError(f"opset must be an int from {MIN_OPSET} to {max_opset}. Received: opset={opset!r}")
+    if not isinstance(model, (Sequential, GraphModel)):
+        raise ValueError(f"export_onnx takes a Sequential or GraphModel. Received: {type(model).__name__}")
+    model.build()
+    inputs = _input_specs(model, input_name)
+    if not isinstance(output_name, str) or not output_name or output_name in dict(inputs):
+        raise ValueError(f"output_name must be a non-empty str other than the input names. "
+                         f"Received: output_name={output_name!r}")
+    g = _Graph(onnx, int(opset), reserved=[name for name, _ in inputs] + [output_name])
+    out = _convert_model(g, model, [name for name, _ in inputs])
+    g.finish(out, output_name)
+    h = onnx.helper
+    graph = h.make_graph(g.nodes, model.name or type(model).__name__,
+                         [_value_info(h, onnx, name, shape) for name, shape in inputs],
+                         [_value_info(h, onnx, output_name, model.output_shape)], g.initializers)
+    opsets = [h.make_opsetid("", int(opset))]
+    from .. import __version__
+    proto = h.make_model(graph, opset_imports=opsets, producer_name="sparkdl", producer_version=__version__,
+                         ir_version=h.find_min_ir_version_for(opsets),
+                         doc_string=f"sparkdl {type(model).__name__} exported with ONNX opset {opset}")
+    onnx.checker.check_model(proto)
+    if path is not None:
+        data = proto.SerializeToString()
+        if hasattr(path, "write"):
+            path.write(data)
+        else:
+            with open(os.fspath(path), "wb") as f:
+                f.write(data)
+    return proto
+
+
+def _input_specs(model, input_name):
+    """[(graph input name, shape without batch)] in the model's input order."""
+    if isinstance(model, Sequential):
+        names, shapes = ["input"], [model.input_shape]
+    else:
+        names, shapes = model.input_names, [model.input_shapes[n] for n in model.input_names]
+    if isinstance(input_name, (list, tuple)):
+        given = list(input_name)
+    elif len(names) == 1:
+        given = [input_name]
+    else:
+        given = names
+    if len(given) != len(names) or not all(isinstance(n, str) and n for n in given) or len(set(given)) != len(given):
+        raise ValueError(f"input_name must be a non-empty str (or a list of {len(names)} distinct ones for this "
+                         f"model's inputs {names}). Received: input_name={input_name!r}")
+    return list(zip(given, shapes))
+
+
+def _value_info(h, onnx, name, shape):
+    return h.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["batch"] + [int(d) for d in shape])
+
+
+def _convert_model(g, model, input_names):
+    if isinstance(model, Sequential):
+        x = input_names[0]
+        for layer in model.layers:
+            x = _convert_layer(g, layer, x)
+        return x
+    values = list(input_names)
+    for node, wiring in zip(model.layer_nodes, model._wiring):
+        args = [values[j] for j in wiring]
+        values.append(_convert_layer(g, node.layer, args if node.is_list else args[0]))
+    return values[-1]
+
+
+def _convert_layer(g, layer, x):
+    convert = _CONVERTERS.get(type(layer))
+    if convert is None:
+        raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) cannot be exported to ONNX; supported "
+                         f"layers: {sorted(cls.__name__ for cls in _CONVERTERS)}")
+    return convert(g, layer, x)
+
+
+class _Graph:
+    """Nodes and initializers under construction, with unique value names."""
+
+    def __init__(self, onnx, opset, reserved):
+        self.onnx, self.h, self.opset = onnx, onnx.helper, opset
+        self.nodes, self.initializers = [], []
+        self.used = set(reserved)
+        self.inputs = set(reserved[:-1])
+        self.consts = {}
+        self.nchw = {}   # value name -> the same tensor as NCHW (channels-last images only)
+
+    def fresh(self, hint):
+        name, k = hint, 1
+        while name in self.used:
+            name, k = f"{hint}_{k}", k + 1
+        self.used.add(name)
+        return name
+
+    def op(self, op_type, inputs, hint, outputs=1, **attrs):
+        """Add a node; returns its output name (or the list of names when ``outputs`` is a list of flags
+        saying which outputs are wanted: unwanted ones are left unnamed)."""
+        if isinstance(outputs, int):
+            names = [self.fresh(f"{hint}/{op_type}") for _ in range(outputs)]
+        else:
+            names = [self.fresh(f"{hint}/{op_type}:{i}") if want else "" for i, want in enumerate(outputs)]
+        self.nodes.append(self.h.make_node(op_type, list(inputs), names, name=self.fresh(f"{hint}/{op_type}#"),
+                                           **attrs))
+        return names[0] if isinstance(outputs, int) and outputs == 1 else names
+
+    def weight(self, name, array, dtype=np.float32):
+        name = self.fresh(name)
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array, dtype), name))
+        return name
+
+    def const(self, values, dtype=np.float32):
+        """A shared constant initializer (a scalar or a list)."""
+        key = (np.dtype(dtype).name, repr(values))
+        if key not in self.consts:
+            self.consts[key] = self.weight(f"const_{len(self.consts)}", np.asarray(values, dtype), dtype)
+        return self.consts[key]
+
+    def ints(self, values):
+        return self.const(list(values), np.int64)
+
+    # -- opset-dependent forms ----------------------------------------------------------------------------
+    def reduce_mean(self, x, axes, hint, keepdims=True):
+        if self.opset >= 18:
+            return self.op("ReduceMean", [x, self.ints(axes)], hint, keepdims=int(keepdims))
+        return self.op("ReduceMean", [x], hint, axes=list(axes), keepdims=int(keepdims))
+
+    def squeeze(self, x, axis, hint):
+        return self.op("Squeeze", [x, self.ints([axis])], hint)
+
+    # -- layouts ------------------------------------------------------------------------------------------
+    def to_nchw(self, x, hint):
+        if x not in self.nchw:
+            self.nchw[x] = self.op("Transpose", [x], hint, perm=_TO_NCHW)
+        return self.nchw[x]
+
+    def from_nchw(self, y, hint):
+        x = self.op("Transpose", [y], hint, perm=_TO_NHWC)
+        self.nchw[x] = y
+        return x
+
+    # -- closing ------------------------------------------------------------------------------------------
+    def finish(self, out, output_name):
+        """Name the result ``output_name`` and drop the nodes and initializers it does not need."""
+        if out in self.inputs:
+            self.nodes.append(self.h.make_node("Identity", [out], [output_name], name=self.fresh("output/Identity")))
+        else:
+            for node in self.nodes:
+                node.input[:] = [output_name if v == out else v for v in node.input]
+                node.output[:] = [output_name if v == out else v for v in node.output]
+        needed, kept = {output_name}, []
+        for node in reversed(self.nodes):
+            if any(v in needed for v in node.output):
+                kept.append(node)
+                needed.update(v for v in node.input if v)
+        self.nodes = kept[::-1]
+        self.initializers = [t for t in self.initializers if t.name in needed]
+
+
+# -- activations ----------------------------------------------------------------------------------------------
+_SQRT_2_OVER_PI = float(np.sqrt(2.0 / np.pi))
+
+
+def _activation(g, act, x, hint, layer):
+    """``act`` (an activation layer instance) applied to ``x``; elementwise ones run on an NCHW twin if any."""
+    kind = type(act)
+    if kind is acts.Linear:
+        return x
+    if kind is acts.Softmax:
+        return g.op("Softmax", [x], hint, axis=-1)
+    twin = g.nchw.get(x)
+    if twin is not None:
+        return g.from_nchw(_elementwise(g, act, twin, hint, layer), hint)
+    return _elementwise(g, act, x, hint, layer)
+
+
+def _elementwise(g, act, x, hint, layer):
+    kind = type(act)
+    if kind is acts.ReLU:
+        return g.op("Relu", [x], hint)
+    if kind is acts.LeakyReLU:
+        return g.op("LeakyRelu", [x], hint, alpha=act.negative_slope)
+    if kind is acts.ELU:
+        return g.op("Elu", [x], hint, alpha=act.alpha)
+    if kind is acts.Sigmoid:
+        return g.op("Sigmoid", [x], hint)
+    if kind is acts.Tanh:
+        return g.op("Tanh", [x], hint)
+    if kind is acts.GELU:
+        if g.opset >= 20:
+            return g.op("Gelu", [x], hint, approximate="tanh")
+        cube = g.op("Mul", [g.op("Mul", [x, x], hint), x], hint)
+        inner = g.op("Add", [x, g.op("Mul", [cube, g.const(0.044715)], hint)], hint)
+        t = g.op("Tanh", [g.op("Mul", [inner, g.const(_SQRT_2_OVER_PI)], hint)], hint)
+        half_x = g.op("Mul", [x, g.const(0.5)], hint)
+        return g.op("Mul", [half_x, g.op("Add", [t, g.const(1.0)], hint)], hint)
+    raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}): activation {type(act).__name__} cannot be "
+                     f"exported to ONNX")
+
+
+def _activation_layer(g, layer, x):
+    return _activation(g, layer, x, layer.name, layer)
+
+
+def _activation_wrapper(g, layer, x):
+    return _activation(g, layer.activation, x, layer.name, layer)
+
+
+# -- core layers ----------------------------------------------------------------------------------------------
+def _param(layer, name):
+    return to_numpy(layer.params[name])
+
+
+def _dense(g, layer, x):
+    y = g.op("MatMul", [x, g.weight(f"{layer.name}.kernel", _param(layer, "kernel"))], layer.name)
+    if layer.use_bias:
+        y = g.op("Add", [y, g.weight(f"{layer.name}.bias", _param(layer, "bias"))], layer.name)
+    return _activation(g, layer.activation, y, layer.name, layer)
+
+
+def _flatten(g, layer, x):
+    return g.op("Flatten", [x], layer.name, axis=1)
+
+
+def _reshape(g, layer, x):
+    return g.op("Reshape", [x, g.ints([-1, *layer.output_shape])], layer.name)
+
+
+def _dropout(g, layer, x):
+    return x
+
+
+def _embedding(g, layer, x):
+    idx = g.op("Cast", [x], layer.name, to=g.onnx.TensorProto.INT64)
+    table = g.weight(f"{layer.name}.embeddings", _param(layer, "embeddings"))
+    return g.op("Gather", [table, idx], layer.name, axis=0)
+
+
+def _add(g, layer, xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = g.op("Add", [out, x], layer.name)
+    return out
+
+
+def _concatenate(g, layer, xs):
+    return g.op("Concat", list(xs), layer.name, axis=layer._ax)
+
+
+# -- images ---------------------------------------------------------------------------------------------------
+def _window_attrs(layer):
+    (top, bottom), (left, right) = layer.windows.pads
+    return {"kernel_shape": list(layer.windows.kernel), "strides": list(layer.windows.strides),
+            "pads": [top, left, bottom, right]}
+
+
+def _conv2d(g, layer, x):
+    last = layer.data_format == "channels_last"
+    inputs = [g.to_nchw(x, layer.name) if last else x,
+              g.weight(f"{layer.name}.kernel", _param(layer, "kernel").transpose(3, 2, 0, 1))]
+    if layer.use_bias:
+        inputs.append(g.weight(f"{layer.name}.bias", _param(layer, "bias")))
+    y = g.op("Conv", inputs, layer.name, **_window_attrs(layer))
+    return _activation(g, layer.activation, g.from_nchw(y, layer.name) if last else y, layer.name, layer)
+
+
+def _pooling(op_type, **extra):
+    def convert(g, layer, x):
+        last = layer.data_format == "channels_last"
+        y = g.op(op_type, [g.to_nchw(x, layer.name) if last else x], layer.name, **_window_attrs(layer), **extra)
+        return g.from_nchw(y, layer.name) if last else y
+    return convert
+
+
+def _global_average_pooling(g, layer, x):
+    return g.reduce_mean(x, layer._axes, layer.name, keepdims=layer.keepdims)
+
+
+# -- normalization --------------------------------------------------------------------------------------------
+def _batch_norm(g, layer, x):
+    shape = layer._bshape
+    mean = to_numpy(layer.state["moving_mean"]).astype(np.float32)
+    var = to_numpy(layer.state["moving_variance"]).astype(np.float32)
+    scale = 1.0 / np.sqrt(var + np.float32(layer.epsilon))
+    if layer.scale:
+        scale = scale * _param(layer, "gamma").astype(np.float32)
+    y = g.op("Sub", [x, g.weight(f"{layer.name}.moving_mean", mean.reshape(shape))], layer.name)
+    y = g.op("Mul", [y, g.weight(f"{layer.name}.scale", scale.reshape(shape))], layer.name)
+    if layer.center:
+        y = g.op("Add", [y, g.weight(f"{layer.name}.beta", _param(layer, "beta").reshape(shape))], layer.name)
+    return y
+
+
+def _layer_norm(g, layer, x):
+    axes, rank = layer._param_axes, len(layer.input_shape) + 1
+    gamma = _param(layer, "gamma") if layer.scale else None
+    beta = _param(layer, "beta") if layer.center else None
+    if g.opset >= 17 and axes == tuple(range(axes[0], rank)):
+        normalized = tuple(layer.input_shape[a - 1] for a in axes)
+        inputs = [x, g.weight(f"{layer.name}.gamma", gamma if gamma is not None else np.ones(normalized))]
+        if beta is not None:
+            inputs.append(g.weight(f"{layer.name}.beta", beta))
+        return g.op("LayerNormalization", inputs, layer.name, axis=axes[0], epsilon=layer.epsilon)
+    centered = g.op("Sub", [x, g.reduce_mean(x, axes, layer.name)], layer.name)
+    var = g.reduce_mean(g.op("Mul", [centered, centered], layer.name), axes, layer.name)
+    std = g.op("Sqrt", [g.op("Add", [var, g.const(layer.epsilon)], layer.name)], layer.name)
+    y = g.op("Div", [centered, std], layer.name)
+    if gamma is not None:
+        y = g.op("Mul", [y, g.weight(f"{layer.name}.gamma", gamma.reshape(layer._bshape))], layer.name)
+    if beta is not None:
+        y = g.op("Add", [y, g.weight(f"{layer.name}.beta", beta.reshape(layer._bshape))], layer.name)
+    return y
+
+
+# -- recurrent ------------------------------------------------------------------------------------------------
+# sparkdl activation -> (ONNX recurrent activation name, alpha attribute or None)
+_RNN_ACTIVATIONS = {acts.Tanh: ("Tanh", None), acts.Sigmoid: ("Sigmoid", None), acts.ReLU: ("Relu", None),
+                    acts.LeakyReLU: ("LeakyRelu", "negative_slope"), acts.ELU: ("Elu", "alpha")}
+
+
+def _rnn_activations(layer, functions):
+    """The ``activations`` / ``activation_alpha`` attributes (alphas only for the functions that take one)."""
+    names, alphas = [], []
+    for act in functions:
+        if type(act) not in _RNN_ACTIVATIONS:
+            raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}): activation {type(act).__name__} has "
+                             f"no ONNX {type(layer).__name__} equivalent; exportable: tanh, sigmoid, relu, "
+                             f"leaky_relu, elu")
+        name, alpha = _RNN_ACTIVATIONS[type(act)]
+        names.append(name)
+        if alpha:
+            alphas.append(float(getattr(act, alpha)))
+    return {"activations": names, **({"activation_alpha": alphas} if alphas else {})}
+
+
+def _gate_rows(kernel, units, order):
+    """A Keras (in, gates*units) kernel as ONNX's (1, gates*units, in), gate blocks taken in ``order``."""
+    blocks = kernel.T.reshape(-1, units, kernel.shape[0])
+    return blocks[list(order)].reshape(1, -1, kernel.shape[0])
+
+
+def _recurrent(g, layer, x, op_type, order, input_bias, recurrent_bias, functions, **attrs):
+    units = layer.units
+    inputs = [g.op("Transpose", [x], layer.name, perm=[1, 0, 2])]   # time-major
+    if layer.go_backwards:  # sparkdl returns the states in processing order: reverse the input, run forward
+        inputs = [g.op("Slice", [inputs[0], g.ints([-1]), g.ints([np.iinfo(np.int64).min]), g.ints([0]),
+                                 g.ints([-1])], layer.name)]
+    inputs.append(g.weight(f"{layer.name}.W", _gate_rows(_param(layer, "kernel"), units, order)))
+    inputs.append(g.weight(f"{layer.name}.R", _gate_rows(_param(layer, "recurrent_kernel"), units, order)))
+    if input_bias is not None:
+        n = len(order) * units
+        blocks = [b.reshape(len(order), units)[list(order)].reshape(n) if b is not None else np.zeros(n)
+                  for b in (input_bias, recurrent_bias)]
+        inputs.append(g.weight(f"{layer.name}.B", np.concatenate(blocks)[None]))
+    seq = layer.return_sequences
+    y, y_h = g.op(op_type, inputs, layer.name, outputs=[seq, not seq], hidden_size=units, direction="forward",
+                  **_rnn_activations(layer, functions), **attrs)
+    if seq:   # Y (T, 1, B, u) -> (B, T, u)
+        return g.op("Transpose", [g.squeeze(y, 1, layer.name)], layer.name, perm=[1, 0, 2])
+    return g.squeeze(y_h, 0, layer.name)   # Y_h (1, B, u)
+
+
+def _bias(layer):
+    return _param(layer, "bias") if layer.use_bias else None
+
+
+def _simple_rnn(g, layer, x):
+    return _recurrent(g, layer, x, "RNN", [0], _bias(layer), None, [layer.activation])
+
+
+def _lstm(g, layer, x):
+    act, ract = layer.activation, layer.recurrent_activation
+    return _recurrent(g, layer, x, "LSTM", [0, 3, 1, 2], _bias(layer), None, [ract, act, act])
+
+
+def _gru(g, layer, x):
+    bias = _bias(layer)
+    if bias is not None and layer.reset_after:
+        input_bias, recurrent_bias = bias[0], bias[1]
+    else:
+        input_bias, recurrent_bias = bias, None
+    return _recurrent(g, layer, x, "GRU", [0, 1, 2], input_bias, recurrent_bias,
+                      [layer.recurrent_activation, layer.activation], linear_before_reset=int(layer.reset_after))
+
+
+_CONVERTERS = {
+    Dense: _dense, Flatten: _flatten, Reshape: _reshape, Dropout: _dropout, Embedding: _embedding,
+    Add: _add, Concatenate: _concatenate,
+    Conv2D: _conv2d, MaxPooling2D: _pooling("MaxPool"),
+    AveragePooling2D: _pooling("AveragePool", count_include_pad=0),
+    GlobalAveragePooling2D: _global_average_pooling,
+    BatchNormalization: _batch_norm, LayerNormalization: _layer_norm,
+    SimpleRNN: _simple_rnn, LSTM: _lstm, GRU: _gru,
+    acts.Activation: _activation_wrapper,
+    **{cls: _activation_layer for cls in (acts.Linear, acts.ReLU, acts.LeakyReLU, acts.ELU, acts.GELU, acts.Sigmoid,
+                                          acts.Tanh, acts.Softmax)},
+}

@@ -22,6 +22,7 @@ TOL = 1e-4
 LAYERS = [
     (lambda: Dense(16, activation="relu"), (12,), "float"),
     (lambda: Dense(8, activation="gelu"), (3, 12), "float"),
+    (lambda: Dense(8, activation="gelu_exact"), (3, 12), "float"),
     (lambda: Conv2D(8, 3, padding="same", activation="relu"), (10, 10, 3), "float"),
     (lambda: Conv2D(4, (3, 2), strides=2), (9, 8, 2), "float"),
     (lambda: Conv2D(4, 3, data_format="channels_first"), (2, 7, 7), "float"),

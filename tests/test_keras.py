@@ -16,7 +16,6 @@ from sparkdl.nn import GraphModel, Sequential  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "keras")
 FIXTURES = sorted(f[:-4] for f in os.listdir(DATA) if f.endswith(".npz"))
-UNSUPPORTED = {"dense_gelu"}   # Keras's exact gelu: an error, tested below
 FORMATS = ("keras", "h5")
 
 
@@ -32,7 +31,7 @@ def path_of(name, fmt):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("name", [n for n in FIXTURES if n not in UNSUPPORTED])
+@pytest.mark.parametrize("name", FIXTURES)
 def test_predictions_match_keras(name, fmt):
     model = load_keras(path_of(name, fmt))
     x, y = reference(name)
@@ -158,9 +157,33 @@ def test_unsupported_option_names_layer_class_and_option(tmp_path, fmt, name, cl
         load_keras(path)
 
 
-def test_keras_gelu_is_refused_with_the_reason():
-    with pytest.raises(ValueError, match=r"Keras layer 'dense_\d+' \(Dense\): activation='gelu'.*tanh"):
-        load_keras(path_of("dense_gelu", "keras"))
+def exact_gelu(x):
+    """Keras's gelu (approximate=False), from math.erf."""
+    from math import erf, sqrt
+    return 0.5 * x * (1.0 + np.vectorize(erf)(x / sqrt(2.0)))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_keras_gelu_is_the_exact_gelu(tmp_path, fmt):
+    """Dense(activation="gelu") and Activation("gelu") (added to the fixture's config) become sparkdl's exact GELU,
+    which stays exact through a sparkdl file."""
+    model = load_keras(path_of("dense_gelu", fmt))
+    assert model.layers[0].get_config()["activation"] == "gelu_exact"
+    assert model.layers[0].activation.approximate is False
+
+    def add_activation(config):   # Dense(gelu) then Activation("gelu"): gelu(gelu(x W + b))
+        config["config"]["layers"].append({"module": "keras.layers", "class_name": "Activation",
+                                           "config": {"name": "activation_gelu", "trainable": True,
+                                                      "dtype": "float32", "activation": "gelu"}})
+    path = edited_keras(tmp_path, "dense_gelu", add_activation) if fmt == "keras" else \
+        edited_h5(tmp_path, "dense_gelu", add_activation)
+    model = load_keras(path)
+    assert model.layers[-1].get_config()["activation"] == "gelu_exact"
+    x, y = reference("dense_gelu")
+    want = exact_gelu(y.astype(np.float64))
+    np.testing.assert_allclose(model.predict(x), want, rtol=1e-5, atol=1e-5)
+    save_model(model, tmp_path / "m.npz")
+    np.testing.assert_allclose(sparkdl.load_model(tmp_path / "m.npz").predict(x), want, rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_layer_class(tmp_path):

@@ -232,6 +232,28 @@ def test_channels_last_transposes_are_shared():
     assert [n.op_type for n in proto.graph.node].count("Transpose") == 2
 
 
+def exact_gelu_model():
+    """The exact (erf) GELU as a Dense activation, a layer, an Activation and on a channels-last Conv2D (its NCHW
+    twin), next to the tanh approximation."""
+    return nn.Sequential([
+        nn.Conv2D(3, 3, padding="same", activation="gelu_exact"), nn.MaxPooling2D(), nn.GELU(approximate=False),
+        nn.Flatten(), nn.Dense(8, activation="gelu_exact"), nn.Dense(8), nn.GELU(approximate=False),
+        nn.Dense(8, activation="gelu"), nn.Dense(6), nn.Activation("gelu_exact"), nn.Dense(4),
+    ], input_shape=(6, 6, 2), name="exact_gelu", seed=19)
+
+
+@pytest.mark.parametrize("opset", [17, 20])
+def test_exact_gelu_matches_predict(opset):
+    """Exact GELU: the Gelu operator with approximate="none" from opset 20, else x * (1 + Erf(x / sqrt 2)) * 0.5."""
+    proto = assert_matches(randomize(exact_gelu_model(), seed=19), normal(6, 6, 2), opset=opset)
+    ops = [n.op_type for n in proto.graph.node]
+    gelus = [{a.name: a.s.decode() for a in n.attribute} for n in proto.graph.node if n.op_type == "Gelu"]
+    if opset >= 20:
+        assert "Erf" not in ops and sorted(g["approximate"] for g in gelus) == ["none"] * 5 + ["tanh"]
+    else:
+        assert not gelus and ops.count("Erf") == 5 and ops.count("Tanh") == 1
+
+
 # -- files, options and errors ----------------------------------------------------------------------------------
 def test_writes_a_path_or_a_file_object_and_states_the_opset(tmp_path):
     model = randomize(image_head(), seed=18)
@@ -262,6 +284,9 @@ def test_unsupported_layers_and_options_are_named():
     gelu_rnn = nn.Sequential([nn.GRU(3, activation="gelu", name="gru_gelu")], input_shape=(4, 2), seed=0)
     with pytest.raises(ValueError, match=r"layer 'gru_gelu' \(GRU\): activation GELU has no ONNX GRU equivalent"):
         export_onnx(gelu_rnn, None)
+    exact_rnn = nn.Sequential([nn.LSTM(3, activation="gelu_exact", name="lstm_gelu")], input_shape=(4, 2), seed=0)
+    with pytest.raises(ValueError, match=r"layer 'lstm_gelu' \(LSTM\): activation GELU has no ONNX LSTM"):
+        export_onnx(exact_rnn, None)
     small = nn.Sequential([nn.Dense(3)], input_shape=(4,), seed=0)
     with pytest.raises(ValueError, match=r"opset must be an int from 13 to \d+. Received: opset=12"):
         export_onnx(small, None, opset=12)

@@ -10,6 +10,7 @@ from sparkdl.nn.recurrent import GRU, LSTM, SimpleRNN
 LAYERS = {
     "simple_rnn": lambda **kw: SimpleRNN(3, **kw),
     "simple_rnn_relu_no_bias": lambda **kw: SimpleRNN(2, activation="relu", use_bias=False, **kw),
+    "simple_rnn_gelu_exact": lambda **kw: SimpleRNN(2, activation="gelu_exact", **kw),
     "lstm": lambda **kw: LSTM(2, **kw),
     "lstm_relu_tanh": lambda **kw: LSTM(3, activation="relu", recurrent_activation="tanh", **kw),
     "lstm_gelu_softmax_no_bias": lambda **kw: LSTM(2, activation="gelu", recurrent_activation="softmax",

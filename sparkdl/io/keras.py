@@ -4,7 +4,8 @@ Sequential or GraphModel, with its weights and, where the file has them, its com
 file with json, zipfile and h5py only; Keras itself is never imported.
 
 Each Keras layer becomes one sparkdl layer, followed by an activation layer where Keras's activation of that name
-differs from sparkdl's (``leaky_relu``: slope 0.2 in Keras's function, 0.3 in sparkdl's default). A layer class,
+differs from sparkdl's (``leaky_relu``: slope 0.2 in Keras's function, 0.3 in sparkdl's default). Keras's
+``gelu`` is the exact (erf) GELU: sparkdl's ``"gelu_exact"`` (its ``"gelu"`` is the tanh approximation). A layer class,
 option or value sparkdl cannot reproduce exactly raises a ValueError that names the Keras layer, its class and
 the option: never a silently different model. Options that change training only (regularizers, constraints,
 recurrent dropout, frozen layers) are warned about, as the imported model predicts the same without them.
@@ -175,7 +176,9 @@ class _Options:
 
 
 _SAME_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "elu")
-_ACTIVATION_HINTS = {"gelu": "Keras's gelu is the exact (erf) GELU, sparkdl's the tanh approximation"}
+# Keras name -> sparkdl name, where they differ in name only: Keras's gelu is the exact (erf) GELU (keras.activations
+# .gelu's approximate=False, which a saved config cannot change), sparkdl's "gelu" the tanh approximation
+_RENAMED_ACTIVATIONS = {"gelu": "gelu_exact"}
 
 
 def _activation(opts, key="activation"):
@@ -186,10 +189,12 @@ def _activation(opts, key="activation"):
         value = value["config"]
     if value is None or value in _SAME_ACTIVATIONS:
         return value or "linear", None
+    if isinstance(value, str) and value in _RENAMED_ACTIVATIONS:
+        return _RENAMED_ACTIVATIONS[value], None
     if value == "leaky_relu":   # keras.activations.leaky_relu's slope
         return "linear", nn.LeakyReLU(negative_slope=0.2)
-    raise opts.error(key, value, _ACTIVATION_HINTS.get(value, f"sparkdl's activations are "
-                                                              f"{sorted(_SAME_ACTIVATIONS + ('leaky_relu',))}"))
+    raise opts.error(key, value, f"sparkdl imports the Keras activations "
+                                 f"{sorted(_SAME_ACTIVATIONS + tuple(_RENAMED_ACTIVATIONS) + ('leaky_relu',))}")
 
 
 # -- layers: Keras config -> (sparkdl layers, sparkdl names of the Keras variables in order) ----------------------
@@ -289,7 +294,7 @@ def _recurrent(cls_name):
         act, after = _activation(o)
         if after is not None:
             raise o.error("activation", o.get("activation"), "sparkdl's recurrent layers take linear, relu, "
-                                                             "sigmoid, tanh, softmax or elu")
+                                                             "sigmoid, tanh, softmax, elu or gelu")
         if cls_name != "SimpleRNN":
             ract, after = _activation(o, "recurrent_activation")
             if after is not None:

@@ -18,8 +18,10 @@ How layers map:
   i, o, f, c; GRU ``reset_after`` is ``linear_before_reset``; ``go_backwards`` reverses the input, as sparkdl
   returns the sequence in processing order). Their activations must be ones those operators define (tanh,
   sigmoid, relu, leaky_relu, elu); gelu or softmax inside a recurrent layer is not exportable.
-- Activations: Relu, LeakyRelu, Elu, Sigmoid, Tanh, Softmax (last axis); GELU is sparkdl's tanh approximation
-  (the Gelu operator with approximate="tanh" from opset 20, else its decomposition into Tanh, Mul and Add).
+- Activations: Relu, LeakyRelu, Elu, Sigmoid, Tanh, Softmax (last axis); GELU (``"gelu"``, the tanh
+  approximation) is the Gelu operator with approximate="tanh" from opset 20, else its decomposition into Tanh, Mul
+  and Add; the exact GELU (``GELU(approximate=False)``, ``"gelu_exact"``) is Gelu with approximate="none" from
+  opset 20, else 0.5 x (1 + Erf(x / sqrt(2))) in Div, Erf, Add and Mul.
 """
 import os
 
@@ -220,6 +222,7 @@ class _Graph:
 
 # -- activations ----------------------------------------------------------------------------------------------
 _SQRT_2_OVER_PI = float(np.sqrt(2.0 / np.pi))
+_SQRT_2 = float(np.sqrt(2.0))
 
 
 def _activation(g, act, x, hint, layer):
@@ -247,6 +250,11 @@ def _elementwise(g, act, x, hint, layer):
         return g.op("Sigmoid", [x], hint)
     if kind is acts.Tanh:
         return g.op("Tanh", [x], hint)
+    if kind is acts.GELU and not act.approximate:   # exact: 0.5 x (1 + erf(x / sqrt(2)))
+        if g.opset >= 20:
+            return g.op("Gelu", [x], hint, approximate="none")
+        e = g.op("Erf", [g.op("Div", [x, g.const(_SQRT_2)], hint)], hint)
+        return g.op("Mul", [g.op("Mul", [x, g.op("Add", [e, g.const(1.0)], hint)], hint), g.const(0.5)], hint)
     if kind is acts.GELU:
         if g.opset >= 20:
             return g.op("Gelu", [x], hint, approximate="tanh")

@@ -9,6 +9,44 @@ import math
 from .layer import Layer, register
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+# erf as rational functions (Cephes ndtr.c, S. L. Moshier): |x| < 1: x T(x^2) / U(x^2); 1 <= |x|:
+# 1 - exp(-x^2) P(|x|) / Q(|x|), with |x| clipped to 6 (erfc(6) = 2e-17: erf is +-1 in float64 beyond).
+# Largest error against math.erf: 3.3e-16 in float64; float32 inputs stay float32, within float32 rounding.
+_ERF_T = (9.60497373987051638749e0, 9.00260197203842689217e1, 2.23200534594684319226e3,
+          7.00332514112805075473e3, 5.55923013010394962768e4)
+_ERF_U = (3.35617141647503099647e1, 5.21357949780152679795e2, 4.59432382970980127987e3,
+          2.26290000613890934246e4, 4.92673942608635921086e4)
+_ERFC_P = (2.46196981473530512524e-10, 5.64189564831068821977e-1, 7.46321056442269912687e0,
+           4.86371970985681366614e1, 1.96520832956077098242e2, 5.26445194995477358631e2,
+           9.34528527171957607540e2, 1.02755188689515710272e3, 5.57535335369399327526e2)
+_ERFC_Q = (1.32281951154744992508e1, 8.67072140885989742329e1, 3.54937778887819891062e2,
+           9.75708501743205489753e2, 1.82390916687909736289e3, 2.24633760818710981792e3,
+           1.65666309194161350182e3, 5.57535340817727675546e2)
+
+
+def _polynomial(x, coefficients, monic=False):
+    """Horner: c0 x^n + ... + cn, or with monic=True x^(n+1) + c0 x^n + ... + cn."""
+    y = x + coefficients[0] if monic else coefficients[0]
+    for c in coefficients[1:]:
+        y = y * x + c
+    return y
+
+
+def erf(x, xp):
+    """The error function, elementwise, on the array module ``xp`` (numpy has none; cupy's own is used)."""
+    if xp.__name__ == "cupy":
+        from cupyx.scipy.special import erf as cupy_erf
+        return cupy_erf(x)
+    a = xp.abs(x)
+    z = xp.minimum(a, 1.0)
+    z = z * z
+    near = x * _polynomial(z, _ERF_T) / _polynomial(z, _ERF_U, monic=True)
+    b = xp.clip(a, 1.0, 6.0)
+    far = 1.0 - xp.exp(-b * b) * _polynomial(b, _ERFC_P) / _polynomial(b, _ERFC_Q, monic=True)
+    return xp.where(a < 1.0, near, xp.copysign(far, x))
 
 
 class _Elementwise(Layer):
@@ -92,15 +130,38 @@ class ELU(_Elementwise):
 
 @register
 class GELU(_Elementwise):
-    """GELU, tanh approximation (PyTorch's ``approximate='tanh'``): 0.5 x (1 + tanh(c (x + 0.044715 x^3)))."""
+    """GELU, x * Phi(x) with Phi the standard normal CDF.
+
+    ``approximate=True`` (the default, and what the activation name ``"gelu"`` means): the tanh approximation,
+    PyTorch's ``approximate='tanh'``: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+    ``approximate=False`` (the activation name ``"gelu_exact"``): the exact form, PyTorch's ``approximate='none'``
+    and Keras's ``gelu``: 0.5 x (1 + erf(x / sqrt(2))), with the exact derivative
+    Phi(x) + x exp(-x^2 / 2) / sqrt(2 pi).
+    """
+
+    def __init__(self, approximate=True, name=None):
+        super().__init__(name=name)
+        if approximate not in (True, False):
+            raise ValueError(f"approximate must be True (tanh approximation) or False (exact, erf). "
+                             f"Received: approximate={approximate!r}")
+        self.approximate = bool(approximate)
 
     def f(self, x):
+        if not self.approximate:
+            return 0.5 * x * (1.0 + erf(x * _INV_SQRT_2, self.xp))
         return 0.5 * x * (1.0 + self.xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)))
 
     def df(self, x, y, g):
-        t = self.xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
+        xp = self.xp
+        if not self.approximate:
+            cdf = 0.5 * (1.0 + erf(x * _INV_SQRT_2, xp))
+            return g * (cdf + x * xp.exp(-0.5 * x * x) * _INV_SQRT_2PI)
+        t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
         dt = (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
         return g * (0.5 * (1.0 + t) + 0.5 * x * dt)
+
+    def get_config(self):
+        return {**super().get_config(), "approximate": self.approximate}
 
 
 @register
@@ -137,8 +198,13 @@ class Softmax(_Elementwise):
         return y * (g - (g * y).sum(axis=-1, keepdims=True))
 
 
+def _gelu_exact():
+    return GELU(approximate=False)
+
+
+# name -> a function of no arguments making the layer ("gelu" stays the tanh approximation, as saved models expect)
 ACTIVATIONS = {"linear": Linear, "relu": ReLU, "leaky_relu": LeakyReLU, "elu": ELU, "gelu": GELU,
-               "sigmoid": Sigmoid, "tanh": Tanh, "softmax": Softmax}
+               "gelu_exact": _gelu_exact, "sigmoid": Sigmoid, "tanh": Tanh, "softmax": Softmax}
 
 
 def get(name):

@@ -542,10 +542,11 @@ def test_a_worker_waiting_for_a_slower_one_hands_it_its_cpus(groups, monkeypatch
     half = len(allowed) // 2
     blocks = [set(allowed[:half]), set(allowed[half:])]
     members = _members(groups, 2, 10)
-    seen = {}
+    seen, bound = {}, threading.Barrier(2)
 
     def worker(g, j):
         g.bind(j)
+        bound.wait(5.0)   # as in a fit: every worker of the host is bound before its hello, so before round 1
         try:
             if j == 1:
                 time.sleep(0.2)

@@ -113,19 +113,19 @@ class HostGroup:
     def bind(self, j, cpus=True):
         """Worker ``j`` says which thread trains (the calling one); with ``cpus`` it binds that thread to block j of
         the CPUs it may use, where there are at least as many as the host's workers (Linux)."""
-        self.threads[j] = threading.get_native_id()
         allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0] * (os.cpu_count() or 1)
         n = len(allowed)
         # BLAS gets this worker's share of the CPUs: more threads would spin on the other workers' (with
         # OPENBLAS_NUM_THREADS=2 and two bound workers on two cores a batch-64 step took 8-15 ms, not 0.3 ms)
         self._blas = blas_threads(max(1, n // self.n_local))
-        if not cpus or not hasattr(os, "sched_setaffinity") or n < self.n_local:
-            return
-        try:
-            os.sched_setaffinity(0, allowed[j * n // self.n_local:(j + 1) * n // self.n_local])
-            self._allowed = allowed
-        except OSError:
-            pass
+        if cpus and hasattr(os, "sched_setaffinity") and n >= self.n_local:
+            try:
+                os.sched_setaffinity(0, allowed[j * n // self.n_local:(j + 1) * n // self.n_local])
+                self._allowed = allowed
+            except OSError:
+                pass
+        # last: from here on a waiting worker may hand this thread its CPUs, which a later binding would undo
+        self.threads[j] = threading.get_native_id()
 
     def unbind(self):
         """The calling thread may use all the CPUs (and BLAS the threads) it could before ``bind`` again."""

@@ -137,12 +137,13 @@ class Loss:
     def __call__(self, y_pred, y_true):
         return self.fn(y_pred, y_true)
 
-    def check_targets(self, y, output_shape):
-        """Validate and convert targets for the whole dataset once (host numpy), before training."""
+    def check_targets(self, y, output_shape, dtype=np.float32):
+        """Validate and convert targets for the whole dataset once (host numpy), before training; real-valued
+        targets take ``dtype``, the model's (a float64 model keeps float64 targets)."""
         y = np.asarray(to_numpy(y))
         if y.size and not np.isfinite(y).all():
             raise ValueError(f"targets (labels) for loss {self.name!r} must be finite; received NaN or inf")
-        return y.astype(np.float32, copy=False)
+        return y.astype(dtype, copy=False)
 
     def get_config(self):
         return {} if self.fuses_with is None else {"from_logits": self.from_logits}
@@ -158,7 +159,7 @@ class SparseCategoricalCrossentropy(Loss):
         fn = sparse_categorical_crossentropy_probs if self.mode == "probs" else sparse_categorical_crossentropy
         return fn(y_pred, y_true)
 
-    def check_targets(self, y, output_shape):
+    def check_targets(self, y, output_shape, dtype=np.float32):
         y = np.asarray(to_numpy(y))
         num_classes = output_shape[-1]
         expected = tuple(output_shape[:-1])
@@ -188,8 +189,8 @@ class CategoricalCrossentropy(Loss):
         fn = categorical_crossentropy_probs if self.mode == "probs" else categorical_crossentropy
         return fn(y_pred, y_true)
 
-    def check_targets(self, y, output_shape):
-        y = super().check_targets(y, output_shape)
+    def check_targets(self, y, output_shape, dtype=np.float32):
+        y = super().check_targets(y, output_shape, dtype)
         if y.shape[1:] != tuple(output_shape):
             raise ValueError(f"targets for {self.name} must be one-hot or class probabilities of shape "
                              f"(n, {', '.join(map(str, output_shape))}); received shape {y.shape}. For integer "
@@ -204,8 +205,8 @@ class BinaryCrossentropy(Loss):
         fn = binary_crossentropy_probs if self.mode == "probs" else binary_crossentropy
         return fn(y_pred, y_true)
 
-    def check_targets(self, y, output_shape):
-        y = super().check_targets(y, output_shape)
+    def check_targets(self, y, output_shape, dtype=np.float32):
+        y = super().check_targets(y, output_shape, dtype)
         if y.size != len(y) * int(np.prod(output_shape)):
             raise ValueError(f"targets for {self.name} must have {int(np.prod(output_shape))} value(s) per example "
                              f"(model outputs {tuple(output_shape)}); received shape {y.shape}")
@@ -215,8 +216,8 @@ class BinaryCrossentropy(Loss):
 
 
 class _Regression(Loss):
-    def check_targets(self, y, output_shape):
-        y = super().check_targets(y, output_shape)
+    def check_targets(self, y, output_shape, dtype=np.float32):
+        y = super().check_targets(y, output_shape, dtype)
         if y.size != len(y) * int(np.prod(output_shape)):
             raise ValueError(f"targets for {self.name} must have {int(np.prod(output_shape))} value(s) per example "
                              f"(model outputs {tuple(output_shape)}); received shape {y.shape}")

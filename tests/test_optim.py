@@ -349,3 +349,36 @@ def test_imports_without_cupy_or_pyspark():
             "import numpy as np, sparkdl.optim as o; opt = o.get('adam'); opt.build(3, np, 'float32'); "
             "opt.step(np.ones(3, np.float32), np.ones(3, np.float32))")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("make", [lambda: optim.Adam(0.01, epsilon=0.0), lambda: optim.AdamW(0.01, epsilon=0.0),
+                                  lambda: optim.RMSprop(0.01, epsilon=0.0),
+                                  lambda: optim.RMSprop(0.01, epsilon=0.0, centered=True, momentum=0.9)])
+def test_epsilon_zero_keeps_the_padding_between_weights_zero(make):
+    """With epsilon=0 a zero denominator (the padding between the layers' weights in model.params, whose gradient is
+    always 0) used to give 0/0 = NaN, which the averaging then reported as a non-finite model."""
+    from sparkdl.nn import Dense, Sequential
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 5)).astype(np.float32), rng.integers(0, 3, 64)
+    model = Sequential([Dense(7, activation="relu"), Dense(3, activation="softmax")], input_shape=(5,), seed=0)
+    model.compile(make(), "sparse_categorical_crossentropy")
+    padding = np.ones(model.params.size, bool)
+    for _, lo, hi in model.param_ranges():
+        padding[lo:hi] = False
+    assert padding.any()                                   # the layout pads between layers
+    first = float(model.train_on_batch(x, y)[0])
+    for _ in range(20):
+        last = float(model.train_on_batch(x, y)[0])
+    assert np.isfinite(model.params).all() and not model.params[padding].any()
+    assert last < first
+
+
+def test_a_float64_model_keeps_float64_targets():
+    from sparkdl.dist.run import label_dtype
+    from sparkdl.nn import Dense, Sequential
+    model = Sequential([Dense(1)], input_shape=(2,), dtype="float64", seed=0)
+    model.compile("sgd", "mse")
+    y = np.array([0.1, 1 / 3], np.float64)
+    _, got = model.check_data(np.zeros((2, 2)), y)
+    assert got.dtype == np.float64 and got.ravel().tolist() == y.tolist()    # not rounded through float32
+    assert label_dtype("regression", np.float64) is np.float64 and label_dtype("multiclass", np.float64) is np.int32

@@ -22,9 +22,9 @@ from .averaging import Contribution
 log = logging.getLogger("sparkdl")
 
 
-def label_dtype(loss_kind):
-    """The dtype labels travel in: class indices for multiclass losses, float targets otherwise."""
-    return np.int32 if loss_kind == "multiclass" else np.float32
+def label_dtype(loss_kind, dtype=np.float32):
+    """The dtype labels travel in: class indices for multiclass losses, else targets in the model's ``dtype``."""
+    return np.int32 if loss_kind == "multiclass" else np.dtype(dtype).type
 
 
 class FitRun:
@@ -37,7 +37,7 @@ class FitRun:
         self.compile_json = json.dumps(model.compile_config())
         self.input_shape = tuple(model.input_shape)
         self.n_features = int(np.prod(self.input_shape))
-        self.label_dtype = label_dtype(model.loss.kind)
+        self.label_dtype = label_dtype(model.loss.kind, model.dtype)
         self.history = History()
         self.history.rounds = []
         self.history.stats = TrainingStats() if master.collect_stats else None

@@ -331,7 +331,7 @@ class Model:
 
     def check_data(self, x, y):
         x = self.check_inputs(x)
-        y = self.loss.check_targets(y, self.output_shape)
+        y = self.loss.check_targets(y, self.output_shape, self.dtype)
         if len(x) != len(y):
             raise ValueError(f"x and y must have the same number of examples; received {len(x)} and {len(y)}")
         return x, y

@@ -7,6 +7,14 @@ from sparkdl.optim.base import Optimizer
 from sparkdl.optim.schedules import check_bool, check_number
 
 
+def _floor(epsilon, dtype):
+    """epsilon, or the dtype's smallest normal number where it is 0: a zero denominator (the zero padding between
+    weights in ``model.params``, or a weight whose gradient has always been 0) then gives a zero step, not 0/0;
+    next to any non-zero root the floor is below half a unit in the last place, so nothing else changes."""
+    import numpy as np
+    return max(float(epsilon), float(np.finfo(dtype).tiny))
+
+
 def _in_unit(name, value, closed=False):
     ok = (lambda v: 0 <= v <= 1) if closed else (lambda v: 0 <= v < 1)
     return check_number(name, value, ok, f"a number in [0, 1{']' if closed else ')'}")
@@ -112,6 +120,10 @@ class RMSprop(Optimizer):
         self.centered = check_bool("centered", centered)
         self.slot_names = ("velocity",) + ("average_gradient",) * self.centered + ("momentum",) * (self.momentum > 0)
 
+    def build(self, n, xp, dtype):
+        super().build(n, xp, dtype)
+        self._eps = _floor(self.epsilon, dtype)
+
     def update(self, p, g, lr):
         xp, tmp, v, rho = self.xp, self._scratch, self.slots["velocity"], self.rho
         v *= rho
@@ -121,9 +133,9 @@ class RMSprop(Optimizer):
             mg *= rho
             mg += xp.multiply(g, 1 - rho, out=tmp)
             xp.subtract(v, xp.multiply(mg, mg, out=tmp), out=tmp)
-            tmp += self.epsilon
+            tmp += self._eps
         else:
-            xp.add(v, self.epsilon, out=tmp)
+            xp.add(v, self._eps, out=tmp)
         xp.divide(g, xp.sqrt(tmp, out=tmp), out=tmp)
         tmp *= lr
         if self.momentum:
@@ -168,6 +180,10 @@ class Adam(Optimizer):
         self.amsgrad = check_bool("amsgrad", amsgrad)
         self.slot_names = ("m", "v", "v_max") if self.amsgrad else ("m", "v")
 
+    def build(self, n, xp, dtype):
+        super().build(n, xp, dtype)
+        self._eps = _floor(self.epsilon, dtype)
+
     def update(self, p, g, lr):
         xp, tmp, m, v = self.xp, self._scratch, self.slots["m"], self.slots["v"]
         if self.weight_decay:
@@ -184,7 +200,7 @@ class Adam(Optimizer):
         t = self.iterations + 1
         lr_t = lr * (1 - self.beta_2 ** t) ** 0.5 / (1 - self.beta_1 ** t)
         xp.sqrt(v, out=tmp)
-        tmp += self.epsilon
+        tmp += self._eps
         xp.divide(m, tmp, out=tmp)
         p -= xp.multiply(tmp, lr_t, out=tmp)
 

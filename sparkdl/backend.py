@@ -1,7 +1,8 @@
 """Array-module selection: the only module in sparkdl that imports cupy, and only when asked.
 
 The numeric core is written against an array module ``xp`` (numpy or cupy) and never imports either
-GPU library itself. Arrays cross between host and device only through :func:`to_numpy` and :func:`asarray`.
+GPU library itself. Arrays come back to the host through :func:`to_numpy` (and go to the device with the array
+module's own ``xp.asarray``).
 """
 import numpy as np
 
@@ -33,20 +34,11 @@ def array_module(x):
     return np
 
 
-def backend_name(xp):
-    return "cupy" if xp.__name__ == "cupy" else "numpy"
-
-
 def to_numpy(x):
     """A host numpy array for any numpy/cupy array (no copy for numpy)."""
     if type(x).__module__.split(".")[0] == "cupy":
         return x.get()
     return np.asarray(x)
-
-
-def asarray(x, xp, dtype=None):
-    """Place ``x`` (host or device) on the device of ``xp``."""
-    return xp.asarray(x, dtype=dtype)
 
 
 def check_dtype(dtype):

@@ -11,7 +11,6 @@ class Callback:
 
     def on_train_begin(self, logs=None): pass
     def on_epoch_begin(self, epoch, logs=None): pass
-    def on_batch_end(self, batch, logs=None): pass
     def on_round_end(self, round, logs=None): pass   # distributed training: after each averaging round
     def on_epoch_end(self, epoch, logs=None): pass
     def on_train_end(self, logs=None): pass

@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 export OPENBLAS_NUM_THREADS ?= 2
+# the team's MNIST copy beside the checkout, for the optional tests and the benchmarks (empty where absent)
+export SPARKDL_MNIST_DIR ?= $(wildcard $(abspath ..)/shared/data/mnist)
 
 .PHONY: run test bench install clean
 

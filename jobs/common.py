@@ -321,7 +321,7 @@ def arrays_to_dataframe(spark, x, y, features_col="features", label_col="label")
 
 def builtin_data(name, split, seed=0):
     """(x flattened, y, image shape) of a built-in dataset: 'digits' (bundled) or 'mnist' (IDX files in
-    $SPARKDL_MNIST_DIR or ../shared/data/mnist)."""
+    $SPARKDL_MNIST_DIR)."""
     from sparkdl import datasets
     if name == "digits":
         x, y = datasets.load_digits(split, seed=seed, flatten=False)

@@ -110,8 +110,7 @@ def load_mnist(directory=None, split="train", flatten=True, normalize=True):
         directory = default_mnist_dir()
         if directory is None:
             raise FileNotFoundError(
-                "no MNIST directory given and none found: set SPARKDL_MNIST_DIR "
-                "or put the files in <repo>/../shared/data/mnist")
+                "no MNIST directory given: pass one or set SPARKDL_MNIST_DIR to a directory of the IDX files")
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"MNIST directory not found: {directory}")
@@ -125,13 +124,8 @@ def load_mnist(directory=None, split="train", flatten=True, normalize=True):
 
 
 def default_mnist_dir():
-    """$SPARKDL_MNIST_DIR if set, else ``<repo>/../shared/data/mnist`` if it exists, else None."""
-    env = os.environ.get("SPARKDL_MNIST_DIR")
-    if env:
-        return env
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cand = os.path.normpath(os.path.join(repo, "..", "shared", "data", "mnist"))
-    return cand if os.path.isdir(cand) else None
+    """$SPARKDL_MNIST_DIR if set (and not empty), else None."""
+    return os.environ.get("SPARKDL_MNIST_DIR") or None
 
 
 def load(name, **kw):

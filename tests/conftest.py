@@ -6,6 +6,23 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests import the shared helpers in layer_check.py
 
+# MNIST for the optional tests: the checkout's neighbour ../shared/data/mnist, when there is one (the product itself
+# reads only $SPARKDL_MNIST_DIR; subprocesses the tests start inherit it)
+_MNIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "mnist")
+if os.path.isdir(_MNIST):
+    os.environ.setdefault("SPARKDL_MNIST_DIR", os.path.normpath(_MNIST))
+
+
+@pytest.fixture
+def socks():
+    """Sockets a test opens, closed afterwards even when it fails."""
+    opened = []
+    try:
+        yield opened
+    finally:
+        for s in opened:
+            s.close()
+
 
 @pytest.fixture(scope="session")
 def spark():

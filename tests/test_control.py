@@ -16,17 +16,6 @@ from waiting import until
 SECRET = b"s" * 32
 
 
-@pytest.fixture
-def socks():
-    """Sockets a test opens, closed afterwards even when it fails."""
-    opened = []
-    try:
-        yield opened
-    finally:
-        for s in opened:
-            s.close()
-
-
 def _pair(socks):
     a, b = socket.socketpair()
     socks.extend((a, b))

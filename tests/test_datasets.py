@@ -168,11 +168,10 @@ def test_load_by_name():
 
 
 @pytest.fixture
-def mnist_dir(monkeypatch):
-    monkeypatch.delenv("SPARKDL_MNIST_DIR", raising=False)
-    d = datasets.default_mnist_dir()
+def mnist_dir():
+    d = datasets.default_mnist_dir()   # conftest points SPARKDL_MNIST_DIR at ../shared/data/mnist where it exists
     if d is None:
-        pytest.skip("MNIST files not available (<repo>/../shared/data/mnist)")
+        pytest.skip("MNIST files not available (SPARKDL_MNIST_DIR unset, no ../shared/data/mnist)")
     return d
 
 

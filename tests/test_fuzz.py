@@ -26,16 +26,6 @@ from waiting import until
 SECRET = b"s" * 32
 
 
-@pytest.fixture
-def socks():
-    opened = []
-    try:
-        yield opened
-    finally:
-        for s in opened:
-            s.close()
-
-
 def _feed(socks, raw, max_bytes=1 << 34):
     """``wire.recv_sized`` of ``raw`` sent by a peer that then closes: a frame cut short ends in a WireError."""
     a, b = socket.socketpair()

@@ -5,6 +5,7 @@ views into ``model.grads`` (same layout); non-trainable layer state (BatchNorm r
 ``model.state``. Distributed masters move, average and save these buffers whole. Layer views are named
 ``"<layer name>.<weight name>"``; ``get_weights`` / ``set_weights`` use those names.
 """
+import contextlib
 import json
 import re
 
@@ -62,7 +63,6 @@ def _take(x, start, stop):
 
 def _one_blas_thread():
     """A context manager that holds BLAS to one thread (a no-op without threadpoolctl)."""
-    import contextlib
     return blas_threads(1) or contextlib.nullcontext()
 
 

@@ -166,3 +166,22 @@ def test_barrier_mode_refuses_dynamic_allocation(spark):
 
     with pytest.raises(ValueError, match=r"dynamicAllocation.*mode='jobs'"):
         check_cluster(FakeContext(), 2)
+
+
+def test_the_spark_setting_sparkdl_ports_places_every_listener_in_its_range(data, spark):
+    spark.conf.set("spark.sparkdl.ports", "42200-42260")
+    try:
+        _, history = fit(data[0], "barrier", epochs=1, shared_memory=False)
+    finally:
+        spark.conf.unset("spark.sparkdl.ports")
+    ports = [int(a.rsplit(":", 1)[1]) for a in [history.placement["driver"], *history.placement["listening"].values()]]
+    assert len(ports) == 3 and all(42200 <= p <= 42260 for p in ports), history.placement
+
+
+def test_a_bad_sparkdl_ports_setting_names_it(data, spark):
+    spark.conf.set("spark.sparkdl.ports", "70000-70001")
+    try:
+        with pytest.raises(ValueError, match=r"spark\.sparkdl\.ports must be .*Received: ports='70000-70001'"):
+            fit(data[0], "barrier", epochs=1)
+    finally:
+        spark.conf.unset("spark.sparkdl.ports")

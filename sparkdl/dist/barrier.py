@@ -630,7 +630,8 @@ class Barrier(Master):
 
     def fit(self, options, run, launcher):
         launcher.check_barrier()
-        driver = BarrierDriver(run, launcher.num_workers, launcher.bind_host, options.ports, options.server_timeout,
+        ports = launcher.ports(options.ports)
+        driver = BarrierDriver(run, launcher.num_workers, launcher.bind_host, ports, options.server_timeout,
                                options.shared_memory, options.collect_stats, advertise=launcher.driver_host,
                                memory_budget=launcher.memory_budget(options.memory_budget),
                                bind_cpus=options.bind_cpus)
@@ -652,7 +653,7 @@ class Barrier(Master):
         thread = threading.Thread(target=serve, name="sparkdl-barrier-driver", daemon=True)
         thread.start()
         try:
-            launcher.run_barrier(driver.worker_spec(options.ports), run)
+            launcher.run_barrier(driver.worker_spec(ports), run)
             driver.stage_done = True
             thread.join()
         except BaseException:

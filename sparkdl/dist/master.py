@@ -4,9 +4,8 @@ read from here (``modes()``).
 
 A master gets the fit's options (a ParameterAveraging: plain values), the driver's ``FitRun`` (sparkdl.dist.run)
 and a launcher, the Spark-side object that runs its tasks (sparkdl.spark: ``num_workers``, ``driver_host``,
-``cancel()``, and what the master needs of it: ``check_barrier``, ``memory_budget`` and ``run_barrier`` for
-barrier mode, ``export`` and ``run_round``
-for jobs mode). It returns the fit's History.
+``cancel()``, and what the master needs of it: ``check_barrier``, ``ports``, ``memory_budget`` and
+``run_barrier`` for barrier mode, ``exported`` and ``run_round`` for jobs mode). It returns the fit's History.
 """
 
 MASTERS = {}

@@ -76,6 +76,9 @@ class ProcessLauncher:
     def check_barrier(self):
         pass
 
+    def ports(self, given=None):
+        return given
+
     def memory_budget(self, given=None):
         return given   # None: every shard stays in memory
 

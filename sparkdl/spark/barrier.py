@@ -31,14 +31,44 @@ def free_slots(sc):
     return max(slots - running, 0)
 
 
+WILDCARDS = ("", "0.0.0.0", "::", "[::]", "*")
+
+
 def driver_addresses(sc):
-    """(address to bind, address the executors reach the driver on): ``spark.driver.host`` is advertised (the
-    bind address may be 0.0.0.0 in containers)."""
+    """(address to bind, address the executors reach the driver on). The advertised one is
+    ``spark.driver.host``, never a wildcard: with ``spark.driver.bindAddress=0.0.0.0`` (containers, Kubernetes)
+    the driver binds every interface and still advertises the host's own address."""
     conf = sc.getConf()
     if sc.master.startswith("local"):
         return "127.0.0.1", "127.0.0.1"
-    host = conf.get("spark.driver.host", "127.0.0.1")
-    return conf.get("spark.driver.bindAddress", host), host
+    return advertised_addresses(conf.get("spark.driver.host", None), conf.get("spark.driver.bindAddress", None))
+
+
+def advertised_addresses(host, bind):
+    """(bind, advertise) from Spark's ``spark.driver.host`` and ``spark.driver.bindAddress`` (either may be None)."""
+    import socket
+    if host is None or host.strip() in WILDCARDS:
+        host = None if bind is None or bind.strip() in WILDCARDS else bind
+    if host is None:
+        host = socket.gethostbyname(socket.gethostname())
+        if host.startswith("127."):
+            raise ValueError("sparkdl cannot tell the executors where the driver is: spark.driver.host is unset or a "
+                             "wildcard and this host's name resolves to a loopback address; set spark.driver.host "
+                             "to an address the executors reach this host on")
+    return (bind if bind is not None and bind.strip() else host), host
+
+
+def ports(session, given=None):
+    """The port range every sparkdl listener of a fit uses: ``given`` (ParameterAveraging(ports=...)), else the
+    setting ``spark.sparkdl.ports`` ("40000-40100"; spark-submit --conf or spark.conf.set), else None (any free
+    port)."""
+    from ..dist.wire import parse_ports
+    if given is not None:
+        return parse_ports(given)
+    try:
+        return parse_ports(session.conf.get("spark.sparkdl.ports", None))
+    except ValueError as e:
+        raise ValueError(f"spark.sparkdl.{e}") from None
 
 
 def memory_budget(sc, n_workers):

@@ -7,7 +7,8 @@ from . import barrier, jobs
 class Launcher:
     def __init__(self, options, prepared):
         self.options = options
-        self.sc = prepared.sparkSession.sparkContext
+        self.session = prepared.sparkSession
+        self.sc = self.session.sparkContext
         self.num_workers, self.df = options.workers_for(prepared)
         self.local = self.sc.master.startswith("local")
         self.bind_host, self.driver_host = barrier.driver_addresses(self.sc)
@@ -19,6 +20,9 @@ class Launcher:
 
     def check_barrier(self):
         barrier.check_cluster(self.sc, self.num_workers)
+
+    def ports(self, given=None):
+        return barrier.ports(self.session, given)
 
     def memory_budget(self, given=None):
         return given if given is not None else barrier.memory_budget(self.sc, self.num_workers)

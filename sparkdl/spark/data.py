@@ -13,6 +13,7 @@ import pyarrow as pa
 from ..errors import DataError, from_task_failure
 
 X, Y = "__sparkdl_x", "__sparkdl_y"   # the prepared columns
+ORDER = "__sparkdl_order"   # where present, a partition's rows are put in the order of this key (ParameterAveraging.workers_for)
 NUMERIC = ("byte", "short", "int", "long", "float", "double", "decimal")
 
 
@@ -224,13 +225,18 @@ def task_errors():
 
 
 def partition_to_numpy(batches, n_features, label_dtype, input_shape=None, budget=None, batch_size=1, directory=None):
-    """(x float32 (rows, *input_shape), y of ``label_dtype``) for a whole partition of prepared Arrow batches: in
-    memory, or past ``budget`` bytes a memory-mapped file in ``directory`` (sparkdl.dist.spill)."""
+    """(x float32 (rows, *input_shape), y of ``label_dtype``) for a whole partition of prepared Arrow batches, in
+    the order of their ORDER column where they have one: in memory, or past ``budget`` bytes a memory-mapped file
+    in ``directory`` (sparkdl.dist.spill)."""
     from ..dist.spill import Spiller
     spiller = Spiller(n_features, label_dtype, budget, batch_size, directory)
+    keys = []
     for b in batches:
         spiller.add(*batch_to_numpy(b, n_features))
-    return spiller.finish(input_shape or (n_features,))
+        if ORDER in b.schema.names:
+            keys.append(b.column(b.schema.get_field_index(ORDER)).to_numpy())
+    order = np.argsort(np.concatenate(keys), kind="stable") if keys else None
+    return spiller.finish(input_shape or (n_features,), order)
 
 
 def numpy_to_dataframe(spark, x, y, directory, features_col="features", label_col="label"):

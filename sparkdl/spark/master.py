@@ -15,14 +15,19 @@ class ParameterAveraging(Options):
 
     # -- shared by both modes -------------------------------------------------------------------------
     def workers_for(self, df):
+        """(workers, the DataFrame they train on, one partition each). A repartition's rows come in the order the
+        shuffle delivered them, which differs between runs: each row carries the position it had before the
+        shuffle (data.ORDER, its partition and place in it), by which each worker orders its rows once loaded, so
+        two identical fits visit the same minibatches on any cluster. Partitions used as they are keep their
+        order."""
+        from pyspark.sql import functions as F
+        from .data import ORDER
         sc = df.sparkSession.sparkContext
         parts = df.rdd.getNumPartitions()
         wanted = self.num_workers or sc.defaultParallelism
-        if self.repartition == "never":
+        if self.repartition == "never" or (self.repartition == "auto" and parts == wanted):
             return parts, df
-        if self.repartition == "auto" and parts == wanted:
-            return wanted, df
-        return wanted, df.repartition(wanted)
+        return wanted, df.withColumn(ORDER, F.monotonically_increasing_id()).repartition(wanted)
 
     def choose_mode(self, prepared):
         """(the mode a fit on ``prepared`` runs in, why): with mode="auto", barrier where the cluster can run all

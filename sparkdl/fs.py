@@ -57,6 +57,15 @@ def exists(path):
     return filesystem.get_file_info(p).type != fs.FileType.NotFound
 
 
+def names(path):
+    """The names of the entries of a directory."""
+    if is_local(path):
+        return os.listdir(_local(path))
+    from pyarrow import fs
+    filesystem, p = _remote(path)
+    return [info.base_name for info in filesystem.get_file_info(fs.FileSelector(p))]
+
+
 def remove(path):
     """Remove a file; a missing one is fine."""
     if is_local(path):

@@ -58,7 +58,7 @@ class _DeepParams(_PredictorParams, HasSeed):
                                    "validation loss and keep the best weights; 0: never stop early (needs "
                                    "validationFraction > 0)", TypeConverters.toInt)
     exportDir = _param("exportDir", "jobs mode: where training shards go (local path or Hadoop URI, shared by "
-                       "all hosts on a cluster); empty: a temporary local directory", TypeConverters.toString)
+                       "all hosts on a cluster); empty: as ParameterAveraging's export_dir (spark.sparkdl.exportDir, ...)", TypeConverters.toString)
     mlflowTrackingUri = _param("mlflowTrackingUri", "log each fit as an MLflow run (params, per-epoch metrics, the "
                                "model file and stats.html) to this tracking server or store; empty: off. Needs "
                                "pip install sparkdl[tracking]", TypeConverters.toString)

@@ -12,23 +12,99 @@ log = logging.getLogger("sparkdl")
 
 @contextlib.contextmanager
 def exported(launcher, run):
-    """Export the DataFrame into shards (into ``export_dir``, else a temporary local directory removed after
-    the fit); yields the shards' row counts."""
+    """Export the DataFrame into shards, in a fresh directory under ``export_base`` removed after the fit; yields
+    the shards' row counts."""
     from .shards import export, new_export_dir
-    options, sc = launcher.options, launcher.sc
-    own_dir = options.export_dir is None
-    base = tempfile.mkdtemp(prefix="sparkdl-") if own_dir else options.export_dir
+    sc = launcher.sc
+    base, made = export_base(launcher)
     # every job of the fit in one group: a signal cancels the running one (Launcher.cancel)
     sc.setJobGroup(launcher.group, "sparkdl fit: export training shards", True)
+    export_dir = None
     try:
         export_dir = new_export_dir(base)
+        if not launcher.local:
+            check_shared(launcher, export_dir, made)
         shards = export(launcher.df, export_dir, run.n_features, run.label_dtype)
         launcher.paths = [p for p, _ in shards]
         yield [rows for _, rows in shards]
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)
-        if own_dir:
+        if export_dir is not None:
+            fs.remove_dir(export_dir)
+        if made:
             fs.remove_dir(base)
+
+
+def export_base(launcher):
+    """(where the fit's shard directory goes, whether the fit made it): ``export_dir``, else the setting
+    ``spark.sparkdl.exportDir``, else on a cluster the SparkContext's checkpoint directory or the Hadoop default
+    filesystem when it is not the local one (hdfs://.../tmp), else a temporary local directory (right for local
+    masters; on a cluster ``check_shared`` then says whether the executors share it)."""
+    given = launcher.options.export_dir or launcher.session.conf.get("spark.sparkdl.exportDir", None)
+    if given:
+        return given, False
+    if not launcher.local:
+        sc = launcher.sc
+        if sc.getCheckpointDir():
+            return sc.getCheckpointDir(), False
+        default_fs = sc._jsc.hadoopConfiguration().get("fs.defaultFS") or "file:///"
+        if not default_fs.startswith("file:"):
+            return default_fs.rstrip("/") + "/tmp", False
+    return tempfile.mkdtemp(prefix="sparkdl-"), True
+
+
+def check_shared(launcher, directory, made=False):
+    """Fail before the export unless the executors read files the driver wrote in ``directory`` and write files
+    the driver reads there: shards written on one host are read on any other. A directory the fit ``made`` in
+    the driver's temporary directory (no shared one was set) fails at once where executors run on other hosts;
+    any other is probed, by JVM tasks only (a Python worker's first start would double the time): one file per
+    task slot, each file its own task, so that every executor is asked (about a second)."""
+    from pyspark.sql import functions as F
+    session, sc = launcher.session, launcher.sc
+    others = _other_hosts(sc)
+    if made and others:
+        _not_shared(directory, others)
+    tasks = max(sc.defaultParallelism, launcher.num_workers)
+    sent = fs.join(directory, "probe-sent")
+    fs.makedirs(sent)
+    for i in range(tasks):
+        with fs.open_output(fs.join(sent, f"{i:05d}.txt")) as f:
+            f.write(b"sparkdl")
+    sc.setJobDescription("sparkdl fit: check that the executors share the shard directory")
+    shared = len(session.read.option("ignoreMissingFiles", "true").text(sent).collect()) == tasks   # one stage
+    if shared:
+        written = fs.join(directory, "probe-written")
+        try:
+            session.range(tasks, numPartitions=tasks).select(F.col("id").cast("string")).write.text(written)
+        except Exception as e:
+            raise OSError(f"the executors cannot write the shard directory {directory!r}: {e}") from None
+        shared = sum(name.startswith("part-") for name in fs.names(written)) == tasks
+    if not shared:
+        _not_shared(directory, others or ["the driver's host"])
+
+
+def _other_hosts(sc):
+    """The hosts of the executors that run elsewhere than the driver."""
+    import socket
+
+    def address(host):
+        try:
+            return socket.gethostbyname(host)
+        except OSError:
+            return host
+    driver = sc.getConf().get("spark.driver.host", "127.0.0.1")
+    here = {driver, address(driver), socket.gethostname(), address(socket.gethostname())}
+    hosts = {e.host() for e in sc._jsc.sc().statusTracker().getExecutorInfos()}
+    return sorted(h for h in hosts if h not in here and address(h) not in here and not address(h).startswith("127."))
+
+
+def _not_shared(directory, hosts):
+    import socket
+    raise ValueError(
+        f"jobs mode writes its training shards where every executor can read them, but {directory!r} (a directory "
+        f"of the driver's host {socket.gethostname()}) is not shared with the executors on {', '.join(hosts)}. Set "
+        f"a directory all hosts share (HDFS, S3, NFS): ParameterAveraging(export_dir=...), jobs/train.py "
+        f"--export-dir, or the setting spark.sparkdl.exportDir; or train with mode='barrier', which needs none")
 
 
 def spark_retries(sc):

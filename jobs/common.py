@@ -7,11 +7,11 @@ module the executors cannot import. The executor-side code is sparkdl's own.
 import argparse
 import glob
 import json
+import logging
 import math
 import os
 import re
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS_DIR = os.path.normpath(os.path.join(HERE, "..", "conf", "models"))
@@ -43,6 +43,7 @@ def run(prog, main, argv=None):
     else is a bug and keeps its traceback."""
     import signal
     signal.signal(signal.SIGTERM, _terminate)
+    _console_log()
     try:
         return main(argv)
     except KeyboardInterrupt as e:   # Ctrl-C or SIGTERM; a fit says where it stopped
@@ -61,6 +62,22 @@ def run(prog, main, argv=None):
         reason = spark_reason(e)
     print(f"{prog}: error: {one_line(reason)}", file=sys.stderr)
     return 2
+
+
+class _Console(logging.Handler):
+    """sparkdl's log in a job: what it does (the mode it chose) on stdout with the progress, warnings on stderr;
+    the streams are looked up at each line (a test may replace them)."""
+
+    def emit(self, record):
+        print(self.format(record), file=sys.stdout if record.levelno < logging.WARNING else sys.stderr, flush=True)
+
+
+def _console_log():
+    logger = logging.getLogger("sparkdl")
+    if not any(isinstance(h, _Console) for h in logger.handlers):
+        logger.addHandler(_Console())
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
 
 
 _PY_ERROR = re.compile(r"^\s*([A-Za-z_.]*(Error|Exception)): (.+)$")
@@ -201,16 +218,17 @@ def read_data(spark, path, fmt=None, features_col=None, label_col="label", split
               need_labels=True):
     """(DataFrame, features column, image shape or None) from a path or URI in any supported format.
 
-    IDX files become a DataFrame without touching the cluster's filesystem: the arrays go to Spark as an Arrow
-    table (fine for MNIST-sized data; put larger data in Parquet)."""
+    IDX files are read by the executors (sparkdl.spark.readers): on a cluster they must be where every host reads
+    them (HDFS, S3, a shared mount)."""
     fmt = guess_format(path, fmt)
     if fmt == "idx":
-        x, y = read_idx(path, split, need_labels)
         features_col = features_col or "features"
         if not isinstance(features_col, str):
             raise JobError(f"IDX data has one features column; --features-col must be one name. "
                            f"Received: {features_col!r}")
-        return arrays_to_dataframe(spark, x, y, features_col, label_col), features_col, tuple(x.shape[1:])
+        images, labels = idx_paths(path, split, need_labels)
+        df, shape = idx_frame(spark, images, labels, features_col, label_col)
+        return df, features_col, shape
     if fmt == "csv":
         df = spark.read.option("header", True).option("inferSchema", True).csv(path)
     elif fmt == "libsvm":
@@ -246,32 +264,31 @@ def libsvm_size(df, features_col):
         return None
 
 
-def read_idx(path, split="train", need_labels=True):
-    """(images float32 (n, h, w) scaled to [0, 1] when stored as bytes, labels or None) from an IDX images file
-    (its labels file is found by name) or a local directory of MNIST files (``split``: "train" or "test")."""
-    import numpy as np
+def idx_paths(path, split="train", need_labels=True):
+    """(images file, labels file or None) of an IDX images file (its labels file is found by name) or of a local
+    directory of MNIST files (``split``: "train" or "test")."""
     from sparkdl import datasets
-    with _local_copy(path) as local:
-        if os.path.isdir(local):
-            x, y = datasets.load_mnist(local, split, flatten=False)
-            return x[..., 0], y
-        images = datasets.load_idx(local)
-    if images.ndim < 2:
-        raise JobError(f"IDX images {path!r} must have 2 or more dimensions; received shape {images.shape}")
+    if is_local(path) and os.path.isdir(path):
+        try:
+            return datasets.mnist_files(path, split)
+        except FileNotFoundError as e:
+            raise JobError(str(e)) from None
     labels_path = _labels_path(path)
-    y = None
     if labels_path is not None and _exists(labels_path):
-        with _local_copy(labels_path) as local:
-            y = datasets.load_idx(local)
-        if y.ndim != 1 or len(y) != len(images):
-            raise JobError(f"IDX labels {labels_path!r} have shape {y.shape}; expected ({len(images)},), one per image")
-    elif need_labels:
+        return path, labels_path
+    if need_labels:
         expected = repr(labels_path) if labels_path else "a *-labels-idx1-ubyte file named like the images file"
         raise JobError(f"no IDX labels for {path!r}: expected {expected} beside it")
-    x = images.astype(np.float32)
-    if images.dtype == np.uint8:
-        x /= 255.0
-    return x, y
+    return path, None
+
+
+def idx_frame(spark, images, labels, features_col="features", label_col="label"):
+    """(DataFrame, image shape) of IDX files, read by the executors; a bad file is a JobError."""
+    from sparkdl.spark.readers import read_idx
+    try:
+        return read_idx(spark, images, labels, features_col, label_col)
+    except (ValueError, FileNotFoundError) as e:
+        raise JobError(str(e)) from None
 
 
 def _labels_path(path):
@@ -286,48 +303,17 @@ def _exists(path):
     return fs.exists(path)
 
 
-class _local_copy:
-    """A local path for ``path``: itself if local, else a temporary copy (IDX files are read whole anyway)."""
-
-    def __init__(self, path):
-        self.path, self.tmp = path, None
-
-    def __enter__(self):
-        from sparkdl import fs
-        if fs.is_local(self.path):
-            return fs.local_path(self.path)
-        fd, self.tmp = tempfile.mkstemp(prefix="sparkdl-idx-", suffix=os.path.basename(str(self.path)))
-        with os.fdopen(fd, "wb") as out, fs.open_input(self.path) as f:
-            out.write(f.read())
-        return self.tmp
-
-    def __exit__(self, *exc):
-        if self.tmp:
-            os.unlink(self.tmp)
-
-
-def arrays_to_dataframe(spark, x, y, features_col="features", label_col="label"):
-    """A DataFrame (features array<float>, label long) from numpy arrays, sent to Spark as one Arrow table."""
-    import numpy as np
-    import pyarrow as pa
-    x = np.ascontiguousarray(x, np.float32).reshape(len(x), -1)
-    n, d = x.shape
-    cols = {features_col: pa.ListArray.from_arrays(pa.array(np.arange(0, n * d + 1, d, dtype=np.int32)),
-                                                   pa.array(x.reshape(-1)))}
-    if y is not None:
-        cols[label_col] = pa.array(np.asarray(y, np.int64))
-    return spark.createDataFrame(pa.table(cols))
-
-
-def builtin_data(name, split, seed=0):
-    """(x flattened, y, image shape) of a built-in dataset: 'digits' (bundled) or 'mnist' (IDX files in
-    $SPARKDL_MNIST_DIR)."""
+def builtin_frame(spark, name, split, features_col="features", label_col="label", seed=0):
+    """(DataFrame, image shape) of a built-in dataset's split, read by the executors: 'digits' (bundled) or
+    'mnist' (the IDX files in $SPARKDL_MNIST_DIR)."""
     from sparkdl import datasets
     if name == "digits":
-        x, y = datasets.load_digits(split, seed=seed, flatten=False)
-    else:
-        x, y = datasets.load_mnist(datasets.default_mnist_dir(), split, flatten=False)
-    return x.reshape(len(x), -1), y, tuple(x.shape[1:3])
+        from sparkdl.spark.readers import read_digits
+        return read_digits(spark, split, seed, features_col, label_col)
+    directory = datasets.default_mnist_dir()
+    if directory is None:
+        raise JobError("--data mnist reads the MNIST IDX files in $SPARKDL_MNIST_DIR, which is not set")
+    return idx_frame(spark, *idx_paths(directory, split), features_col, label_col)
 
 
 def read_for_model(args, spark, model, need_labels=True):
@@ -335,9 +321,8 @@ def read_for_model(args, spark, model, need_labels=True):
     the ``args.split`` split; LibSVM: as many features as the model takes)."""
     n_features = int(math.prod(model.input_shape))
     if args.data in BUILTIN_DATA:
-        x, y, _ = builtin_data(args.data, args.split)
         features_col = args.features_col or "features"
-        return arrays_to_dataframe(spark, x, y, features_col, args.label_col), features_col
+        return builtin_frame(spark, args.data, args.split, features_col, args.label_col)[0], features_col
     df, features_col, _ = read_data(spark, args.data, args.data_format, args.features_col, args.label_col,
                                     args.split, args.num_features or n_features, need_labels)
     return df, features_col

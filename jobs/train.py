@@ -82,9 +82,10 @@ def parse_args(argv=None):
     g.add_argument("--mode", default=d.mode, choices=list(choices()), help="auto: barrier where the cluster can "
                    "run all the workers at once now, else jobs")
     g.add_argument("--ports", default=None, help="barrier mode: the port range the driver and the workers listen on, "
-                   "e.g. 40000-40100 (for firewalled clusters; default any free port)")
+                   "e.g. 40000-40100 (for firewalled clusters; default spark.sparkdl.ports, else any free port)")
     g.add_argument("--export-dir", default=None, help="shard directory for jobs mode (on a cluster: a path every "
-                   "executor can read, e.g. hdfs:///tmp/sparkdl)")
+                   "executor can read and write, e.g. hdfs:///tmp/sparkdl; default spark.sparkdl.exportDir, else the "
+                   "checkpoint directory or the default filesystem when it is not the local one)")
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("output and Spark")
     g.add_argument("--output-dir", default=d.output_dir, help="where model.npz, metrics.json, stats.html, stats.json go "
@@ -137,11 +138,10 @@ def build_model(cfg, spec, input_shape):
 def load_data(cfg, spark):
     """(train DataFrame, test DataFrame, features column, image shape or None)."""
     if cfg.data in common.BUILTIN_DATA:
-        frames = []
-        for split in ("train", "test"):
-            x, y, shape = common.builtin_data(cfg.data, split, cfg.seed)
-            frames.append(common.arrays_to_dataframe(spark, x, y, cfg.features_col or "features", cfg.label_col))
-        return frames[0], frames[1], cfg.features_col or "features", shape
+        features_col = cfg.features_col or "features"
+        (train, shape), (test, _) = (common.builtin_frame(spark, cfg.data, split, features_col, cfg.label_col, cfg.seed)
+                                     for split in ("train", "test"))
+        return train, test, features_col, shape
     fmt = common.guess_format(cfg.data, cfg.data_format)
     train, features_col, shape = common.read_data(spark, cfg.data, fmt, cfg.features_col, cfg.label_col, "train",
                                                   cfg.num_features)

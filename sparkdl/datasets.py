@@ -8,12 +8,13 @@ Plain NumPy; no scikit-learn, network or pickle at runtime.
 - ``load_idx`` / ``load_mnist``: the MNIST IDX format, gzipped or not.
 """
 import gzip
+import io
 import os
 from importlib import resources
 
 import numpy as np
 
-__all__ = ["load_digits", "load_idx", "load_mnist", "default_mnist_dir", "load", "NAMES"]
+__all__ = ["load_digits", "load_idx", "load_mnist", "mnist_files", "default_mnist_dir", "load", "NAMES"]
 
 NAMES = ("digits", "mnist")
 
@@ -70,16 +71,7 @@ def load_idx(path):
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as e:
             raise ValueError(f"{path}: not a valid gzip file ({e})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path}: bad IDX magic number {raw[:4].hex() or '(empty file)'}")
-    code, ndim = raw[2], raw[3]
-    if code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: unknown IDX dtype code 0x{code:02X}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, need {header})")
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
-    dtype = _IDX_DTYPES[code]
+    dtype, dims, header = idx_header(io.BytesIO(raw), path)
     expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(raw) != expected:
         raise ValueError(
@@ -87,6 +79,20 @@ def load_idx(path):
             f"(expected {expected} bytes; truncated or corrupt file?)")
     arr = np.frombuffer(raw, dtype, offset=header)
     return arr.astype(dtype.newbyteorder("=")).reshape(dims)
+
+
+def idx_header(f, path):
+    """(big-endian dtype, dims, header bytes) of the IDX file whose (decompressed) stream ``f`` is at its start."""
+    head = f.read(4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0:
+        raise ValueError(f"{path}: bad IDX magic number {head.hex() or '(empty file)'}")
+    code, ndim = head[2], head[3]
+    if code not in _IDX_DTYPES:
+        raise ValueError(f"{path}: unknown IDX dtype code 0x{code:02X}")
+    raw = f.read(4 * ndim)
+    if len(raw) < 4 * ndim:
+        raise ValueError(f"{path}: truncated IDX header ({4 + len(raw)} bytes, need {4 + 4 * ndim})")
+    return _IDX_DTYPES[code], tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim)), 4 + 4 * ndim
 
 
 def _find(directory, stem, idx):
@@ -97,6 +103,12 @@ def _find(directory, stem, idx):
         if os.path.isfile(p):
             return p
     raise FileNotFoundError(f"MNIST file not found in {directory}: looked for {', '.join(names)}")
+
+
+def mnist_files(directory, split="train"):
+    """(images file, labels file) of the ``split`` ("train" or "test") in a directory of MNIST IDX files."""
+    prefix = "train" if split == "train" else "t10k"
+    return _find(directory, f"{prefix}-images", "idx3"), _find(directory, f"{prefix}-labels", "idx1")
 
 
 def load_mnist(directory=None, split="train", flatten=True, normalize=True):
@@ -114,9 +126,7 @@ def load_mnist(directory=None, split="train", flatten=True, normalize=True):
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"MNIST directory not found: {directory}")
-    prefix = "train" if split == "train" else "t10k"
-    images = load_idx(_find(directory, f"{prefix}-images", "idx3"))
-    labels = load_idx(_find(directory, f"{prefix}-labels", "idx1"))
+    images, labels = (load_idx(p) for p in mnist_files(directory, split))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(f"{directory}: MNIST {split} images {images.shape} and labels "
                          f"{labels.shape} do not match")

@@ -53,7 +53,7 @@ class Cluster:
     """A standalone master on ``host`` and one worker daemon per entry of ``workers``: (address, command prefix),
     by default two workers on 127.0.0.1 (a prefix puts a worker on a simulated host, see simhosts.py)."""
 
-    def __init__(self, root, home, host="127.0.0.1", workers=None, cores=1, memory="1g"):
+    def __init__(self, root, home, host="127.0.0.1", workers=None, cores=1, memory="1g", info_loggers=()):
         self.root, self.home, self.host = root, home, host
         self.workers = workers or [("127.0.0.1", [])] * WORKERS
         self.cores, self.memory = cores, memory
@@ -64,6 +64,9 @@ class Cluster:
         conf_dir = os.path.join(root, "conf")
         os.makedirs(conf_dir)
         shutil.copy(os.path.join(REPO, "conf", "log4j2.properties"), conf_dir)
+        with open(os.path.join(conf_dir, "log4j2.properties"), "a") as f:   # e.g. the driver's task sizes
+            f.writelines(f"logger.test{i}.name = {name}\nlogger.test{i}.level = info\n"
+                         for i, name in enumerate(info_loggers))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_GATEWAY", "SPARK_"))}
         env.update(SPARK_HOME=home, SPARK_CONF_DIR=conf_dir, SPARK_LOG_DIR=os.path.join(root, "logs"),
                    SPARK_PID_DIR=os.path.join(root, "pids"), SPARK_IDENT_STRING="sparkdl-test",
@@ -172,9 +175,9 @@ def _pids_under(root):
     return found
 
 
-def submit(cluster, script, args, events, extra=(), timeout=300, on_line=None):
+def submit(cluster, script, args, events, extra=(), timeout=300, on_line=None, status=0):
     """spark-submit ``script`` to the cluster (the driver here, on the master's address); ``on_line(line)`` sees
-    the driver's output as it comes. Returns the output; fails the test on a non-zero status."""
+    the driver's output as it comes. Returns the output; fails the test unless the exit status is ``status``."""
     cmd = [os.path.join(cluster.home, "bin", "spark-submit"), "--master", cluster.url,
            "--properties-file", os.path.join(REPO, "conf", "spark-defaults.standalone.conf"),
            # the test cluster's size, not the standalone file's (1-core, 1g workers)
@@ -204,5 +207,5 @@ def submit(cluster, script, args, events, extra=(), timeout=300, on_line=None):
     if time.time() - t0 >= timeout:
         pytest.fail(f"{script} did not finish in {timeout}s:\n{out[-4000:]}\n{cluster.logs()}")
     log(f"{script} finished in {time.time() - t0:.0f}s with status {proc.returncode}")
-    assert proc.returncode == 0, f"{script} failed:\n{out[-6000:]}\n{cluster.logs()}"
+    assert proc.returncode == status, f"{script} ended with {proc.returncode}:\n{out[-6000:]}\n{cluster.logs()}"
     return out

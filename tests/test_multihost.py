@@ -1,16 +1,23 @@
 """Barrier mode across hosts, for real: three simulated hosts (network namespaces on a bridge in a test subnet,
-each with its own hostname and /dev/shm: simhosts.py), a standalone master in this namespace, one Spark worker
-daemon on each host, and spark-submit of jobs/train.py --mode barrier with the driver here. The workers average
-in a TCP ring between the hosts; the driver hears one tally per round. A second fit kills the Python worker of
-one host mid-fit: Spark retries the barrier stage and the fit still ends well.
+each with its own hostname, /dev/shm and /tmp: simhosts.py), a standalone master in this namespace, one Spark
+worker daemon on each host, and spark-submit of jobs/train.py with the driver here. The workers average over TCP
+between the hosts; the driver hears one tally per round. A second fit kills the Python worker of one host
+mid-fit: Spark retries the barrier stage and the fit still ends well. Then what a real cluster needs: jobs mode
+refuses a shard directory the hosts do not share within a second or two, two identical fits end with identical
+weights in both modes, and IDX files are read by the executors (the driver's tasks stay small).
 
 Skips, with the reason, where namespaces cannot be made (not root, no iproute2); everything it made is removed
 afterwards, also when it fails.
 """
 import json
 import os
+import re
+import shutil
 import signal
+import tempfile
+import time
 
+import numpy as np
 import pytest
 
 from sparkcluster import Cluster, log, spark_home, submit
@@ -25,16 +32,27 @@ def hosts():
     reason = simhosts.available()
     if reason:
         pytest.skip(reason)
-    with simhosts.SimulatedHosts(HOSTS) as h:
+    with simhosts.SimulatedHosts(HOSTS, private_tmp=True) as h:
         log(f"simulated hosts {h.names} at {h.ips}, driver and master at {h.driver_ip} ({h.bridge})")
         yield h
 
 
 @pytest.fixture(scope="module")
-def cluster(hosts, tmp_path_factory):
+def shared():
+    """A directory every simulated host sees (their /tmp is their own): the cluster's, and a shared filesystem's."""
+    root = tempfile.mkdtemp(prefix="sparkdl-multihost-", dir="/var/tmp")
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(hosts, shared):
     home = spark_home()
-    c = Cluster(str(tmp_path_factory.mktemp("multihost")), home, host=hosts.driver_ip,
-                workers=[(ip, hosts.prefix(i)) for i, ip in enumerate(hosts.ips)], memory="768m")
+    c = Cluster(os.path.join(shared, "cluster"), home, host=hosts.driver_ip,
+                workers=[(ip, hosts.prefix(i)) for i, ip in enumerate(hosts.ips)], memory="768m",
+                info_loggers=["org.apache.spark.scheduler.TaskSetManager"])   # the size of every task it sends
     try:
         c.start()
         yield c
@@ -42,14 +60,16 @@ def cluster(hosts, tmp_path_factory):
         c.stop()
 
 
-def train(cluster, tmp_path, epochs, extra_args=(), on_line=None):
+def train(cluster, tmp_path, epochs, extra_args=(), on_line=None, mode="barrier", data="digits", status=0):
     out, events = tmp_path / "out", tmp_path / "events"
     events.mkdir()
-    submit(cluster, "train.py", ["--data", "digits", "--mode", "barrier", "--num-workers", str(HOSTS),
-                                 "--epochs", str(epochs), "--batch-size-per-worker", "32", *extra_args,
-                                 "--output-dir", str(out)], events,
-           ["--conf", "spark.executor.memory=512m", "--conf", "spark.task.maxFailures=1",
-            "--conf", "spark.stage.maxConsecutiveAttempts=4"], timeout=420, on_line=on_line)
+    output = submit(cluster, "train.py", ["--data", data, "--mode", mode, "--num-workers", str(HOSTS),
+                                          "--epochs", str(epochs), "--batch-size-per-worker", "32", *extra_args,
+                                          "--output-dir", str(out)], events,
+                    ["--conf", "spark.executor.memory=512m", "--conf", "spark.task.maxFailures=1",
+                     "--conf", "spark.stage.maxConsecutiveAttempts=4"], timeout=420, on_line=on_line, status=status)
+    if status:
+        return output
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -107,3 +127,65 @@ def _python_workers(pids):
         if b"pyspark.daemon" in cmdline or b"pyspark/daemon.py" in cmdline:
             daemons[pid] = ppid
     return [pid for pid, ppid in daemons.items() if ppid in daemons]
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_jobs_mode_refuses_a_shard_directory_the_hosts_do_not_share(cluster, tmp_path, given):
+    """No shared directory set: refused at once. One of the driver's own given (/tmp is each host's own): the
+    executors' probe finds it missing."""
+    seen = {}
+
+    def stamp(line):
+        for key in ("jobs mode", "error:"):
+            if key in line and key not in seen:
+                seen[key] = time.time()
+
+    extra = ["--export-dir", str(tmp_path / "driver-only")] if given else []
+    output = train(cluster, tmp_path, epochs=1, mode="jobs", on_line=stamp, status=2, extra_args=extra)
+    error = next(line for line in output.splitlines() if "train.py: error:" in line)
+    took = seen["error:"] - seen["jobs mode"]
+    log(f"jobs mode, {'--export-dir on the driver' if given else 'no --export-dir'}: {took:.2f}s from choosing the "
+        f"mode to: {error}")
+    assert "is not shared with the executors on" in error and "spark.sparkdl.exportDir" in error
+    assert "--export-dir" in error and "mode='barrier'" in error
+    assert given or took < 2.0
+    assert "shard-0" not in output   # nothing was exported
+
+
+@pytest.mark.parametrize("mode", ["barrier", "jobs"])
+def test_two_identical_fits_on_three_hosts_end_with_identical_weights(cluster, shared, tmp_path, mode):
+    extra = ["--averaging-frequency", "4", "--seed", "7"]
+    if mode == "jobs":
+        extra += ["--export-dir", os.path.join(shared, "shards")]
+    weights, losses = [], []
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        metrics = train(cluster, tmp_path / run, epochs=2, mode=mode, extra_args=extra)
+        with np.load(tmp_path / run / "out" / "model.npz", allow_pickle=False) as f:
+            weights.append({k: f[k] for k in f.files})
+        losses.append(metrics["history"]["loss"])
+    log(f"{mode} mode, two identical fits: losses {losses[0]} and {losses[1]}")
+    assert losses[0] == losses[1]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        np.testing.assert_array_equal(weights[0][name], weights[1][name], err_msg=name)
+
+
+def test_idx_files_are_read_by_the_executors_and_the_tasks_carry_no_data(cluster, tmp_path):
+    mnist = os.environ.get("SPARKDL_MNIST_DIR")
+    if not mnist or not os.path.isdir(mnist):
+        pytest.skip("MNIST IDX files not found ($SPARKDL_MNIST_DIR)")
+    sizes = []
+
+    def task_size(line):   # TaskSetManager: "Starting task 0.0 in stage 3.0 (TID 5) (host, executor 1, ..., N bytes)"
+        found = re.search(r"Starting task .*, (\d+) bytes\)", line)
+        if found:
+            sizes.append(int(found.group(1)))
+
+    metrics = train(cluster, tmp_path, epochs=1, data=mnist, on_line=task_size,
+                    extra_args=["--model", "mlp", "--averaging-frequency", "8"])
+    log(f"MNIST IDX (60,000 + 10,000 images) on 3 hosts: {len(sizes)} tasks sent, {sum(sizes)} bytes in all "
+        f"(largest {max(sizes)}), test accuracy {metrics['test']['accuracy']:.4f}")
+    assert metrics["stats"]["rounds"] == -(-20000 // (32 * 8))   # 60,000 images: 20,000 per worker
+    assert sizes and sum(sizes) < 1 << 20
+    assert metrics["test"]["accuracy"] > 0.9, metrics["test"]

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))  # tests import the shared helpers in layer_check.py
+sys.path.insert(0, os.path.dirname(__file__))  # tests import the shared helpers (sparkcluster.py, simhosts.py, waiting.py)
 
 # MNIST for the optional tests: the checkout's neighbour ../shared/data/mnist, when there is one (the product itself
 # reads only $SPARKDL_MNIST_DIR; subprocesses the tests start inherit it)

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from layer_check import check_layer, gradient_check
+from sparkdl.testing import check_layer, gradient_check
 
 from sparkdl.nn import GELU, Activation, Dense, Sequential, layer_from_config, layer_to_config
 from sparkdl.nn.activations import erf
@@ -57,8 +57,8 @@ def test_the_two_forms_differ_and_gelu_still_means_tanh():
 
 @pytest.mark.parametrize("make", [lambda: GELU(approximate=False), lambda: GELU(), lambda: Activation("gelu_exact"),
                                   lambda: Dense(4, activation="gelu_exact")])
-def test_check_layer(make, tmp_path):
-    check_layer(make(), (3, 5), batch=4, tmp_path=tmp_path)
+def test_check_layer(make):
+    check_layer(make(), (3, 5), batch=4)
 
 
 def test_exact_gelu_gradient_check_float64():

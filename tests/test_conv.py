@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.signal import correlate
 
-from layer_check import check_layer, gradient_check
+from sparkdl.testing import check_layer, gradient_check
 from sparkdl.nn import Dense, Flatten, Sequential
 from sparkdl.nn import conv as conv_module
 from sparkdl.nn.conv import Conv2D
@@ -62,8 +62,8 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("kwargs,input_shape", CONFIGS)
-def test_check_layer(kwargs, input_shape, tmp_path):
-    check_layer(Conv2D(**kwargs), input_shape, tmp_path=tmp_path)
+def test_check_layer(kwargs, input_shape):
+    check_layer(Conv2D(**kwargs), input_shape)
 
 
 def test_configs_cover_both_patch_layouts_and_both_input_gradient_paths():
@@ -74,7 +74,7 @@ def test_configs_cover_both_patch_layouts_and_both_input_gradient_paths():
 
 @pytest.mark.parametrize("kwargs,input_shape", [(dict(filters=3, kernel_size=3, padding="same"), (4, 14, 1)),
                                                  (dict(filters=2, kernel_size=(2, 3), strides=2), (5, 7, 3))])
-def test_blocked_gemms(kwargs, input_shape, monkeypatch, tmp_path):
+def test_blocked_gemms(kwargs, input_shape, monkeypatch):
     """Small convolutions run their GEMMs over blocks of images: same results as one GEMM, same gradients."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4,) + input_shape)
@@ -91,7 +91,7 @@ def test_blocked_gemms(kwargs, input_shape, monkeypatch, tmp_path):
     assert (blocks_whole, blocks_split) == (1, 4)
     for a, b in zip(whole, split):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-    check_layer(Conv2D(**kwargs), input_shape, batch=4, tmp_path=tmp_path)   # still with 1-byte blocks
+    check_layer(Conv2D(**kwargs), input_shape, batch=4)   # still with 1-byte blocks
 
 
 # ---- forward against references ----------------------------------------------------------------------------

@@ -2,7 +2,7 @@ import re
 
 import numpy as np
 import pytest
-from layer_check import check_layer, gradient_check
+from sparkdl.testing import check_layer, gradient_check
 
 from sparkdl.nn import Dense, Sequential, layer_to_config
 from sparkdl.nn.embedding import Embedding
@@ -10,9 +10,9 @@ from sparkdl.nn.recurrent import LSTM
 
 
 @pytest.mark.parametrize("input_shape", [(5,), (2, 3), ()])
-def test_check_layer(input_shape, tmp_path):
+def test_check_layer(input_shape):
     # 3 examples x 5 indices drawn from a vocabulary of 4: indices repeat, so the gradient must accumulate
-    model = check_layer(Embedding(4, 3), input_shape, input_kind=("int", 4), tmp_path=tmp_path)
+    model = check_layer(Embedding(4, 3), input_shape, input_kind=("int", 4))
     assert model.output_shape == tuple(input_shape) + (3,)
 
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from layer_check import TOL, gradient_check, numeric_grad, rel_error
+from sparkdl.testing import TOL, gradient_check, numeric_grad, rel_error
 from sparkdl import io, optim
 from sparkdl.nn import Activation, Dense, Flatten, Sequential
 from sparkdl.nn.graph import Add, Concatenate, GraphModel, Input, InputBatch, Tensor

@@ -3,7 +3,7 @@ import pytest
 
 from sparkdl import losses
 from sparkdl.nn import Dense, Sequential
-from layer_check import TOL, numeric_grad, rel_error
+from sparkdl.testing import TOL, numeric_grad, rel_error
 
 rng = np.random.default_rng(0)
 

@@ -11,7 +11,7 @@ from sparkdl import io, optim
 from sparkdl.datasets import load_digits
 from sparkdl.nn import Dense, Dropout, Sequential, layer_from_config
 from sparkdl.train import EarlyStopping, ModelCheckpoint
-from layer_check import gradient_check
+from sparkdl.testing import gradient_check
 
 
 def mlp(seed=0, **kw):
@@ -75,7 +75,7 @@ def test_loss_gradient_check_through_model_float64():
     out = m.forward(x, True)
     m.backward(m.loss_and_grad(out, y)[1])
     analytic = m.grads.copy()
-    from layer_check import numeric_grad, rel_error
+    from sparkdl.testing import numeric_grad, rel_error
     idx = np.flatnonzero(np.ones(m.params.size))
     assert rel_error(analytic, numeric_grad(loss, m.params, idx)) <= 1e-6
 

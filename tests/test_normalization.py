@@ -3,16 +3,15 @@ statistics against a hand computation (Keras 3 rule, biased variance), outputs a
 import numpy as np
 import pytest
 
-from layer_check import check_layer
+from sparkdl.testing import check_layer
 from sparkdl.nn import Sequential
 from sparkdl.nn.normalization import BatchNormalization, LayerNormalization
 
 
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("input_shape,axis", [((4,), -1), ((3, 3, 2), -1), ((3, 2, 2), 1), ((2, 3, 2), 2)])
-def test_batch_norm_check_layer(training, input_shape, axis, tmp_path):
-    check_layer(BatchNormalization(axis=axis, momentum=0.9), input_shape, batch=4, training=training,
-                tmp_path=tmp_path)
+def test_batch_norm_check_layer(training, input_shape, axis):
+    check_layer(BatchNormalization(axis=axis, momentum=0.9), input_shape, batch=4, training=training)
 
 
 @pytest.mark.parametrize("training", [False, True])
@@ -84,8 +83,8 @@ def test_layer_norm_matches_numpy():
 
 @pytest.mark.parametrize("input_shape,axis", [((5,), -1), ((3, 4), -1), ((3, 4), 1), ((2, 3, 2), [1, 3]),
                                               ((2, 3), [-1, -2])])
-def test_layer_norm_check_layer(input_shape, axis, tmp_path):
-    check_layer(LayerNormalization(axis=axis), input_shape, tmp_path=tmp_path)
+def test_layer_norm_check_layer(input_shape, axis):
+    check_layer(LayerNormalization(axis=axis), input_shape)
 
 
 def test_layer_norm_without_affine():

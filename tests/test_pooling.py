@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from layer_check import check_layer
+from sparkdl.testing import check_layer
 from sparkdl.nn import Sequential
 from sparkdl.nn.pooling import AveragePooling2D, GlobalAveragePooling2D, MaxPooling2D
 
@@ -47,15 +47,15 @@ POOL_CONFIGS = [
 
 @pytest.mark.parametrize("cls", [MaxPooling2D, AveragePooling2D])
 @pytest.mark.parametrize("kwargs,input_shape", POOL_CONFIGS)
-def test_check_layer(cls, kwargs, input_shape, tmp_path):
-    check_layer(cls(**kwargs), input_shape, tmp_path=tmp_path)
+def test_check_layer(cls, kwargs, input_shape):
+    check_layer(cls(**kwargs), input_shape)
 
 
 @pytest.mark.parametrize("kwargs,input_shape", [
     (dict(), (3, 4, 5)), (dict(keepdims=True), (3, 4, 2)), (dict(data_format="channels_first"), (2, 3, 4)),
     (dict(data_format="channels_first", keepdims=True), (2, 3, 4))])
-def test_global_average_check_layer(kwargs, input_shape, tmp_path):
-    check_layer(GlobalAveragePooling2D(**kwargs), input_shape, tmp_path=tmp_path)
+def test_global_average_check_layer(kwargs, input_shape):
+    check_layer(GlobalAveragePooling2D(**kwargs), input_shape)
 
 
 @pytest.mark.parametrize("cls,reduce", [(MaxPooling2D, np.max), (AveragePooling2D, np.mean)])

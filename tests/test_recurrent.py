@@ -2,7 +2,7 @@ import re
 
 import numpy as np
 import pytest
-from layer_check import check_layer
+from sparkdl.testing import check_layer
 
 from sparkdl.nn import Sequential, layer_from_config, layer_to_config
 from sparkdl.nn.recurrent import GRU, LSTM, SimpleRNN
@@ -24,9 +24,9 @@ LAYERS = {
 @pytest.mark.parametrize("go_backwards", [False, True])
 @pytest.mark.parametrize("return_sequences", [False, True])
 @pytest.mark.parametrize("kind", sorted(LAYERS))
-def test_check_layer(kind, return_sequences, go_backwards, tmp_path):
+def test_check_layer(kind, return_sequences, go_backwards):
     layer = LAYERS[kind](return_sequences=return_sequences, go_backwards=go_backwards)
-    model = check_layer(layer, (4, 3), batch=2, tmp_path=tmp_path)
+    model = check_layer(layer, (4, 3), batch=2)
     assert model.output_shape == ((4, layer.units) if return_sequences else (layer.units,))
 
 

@@ -52,6 +52,10 @@ def erf(x, xp):
 class _Elementwise(Layer):
     """y = f(x), dy/dx evaluated elementwise from the cached input or output."""
 
+    @classmethod
+    def examples(cls):
+        return [(cls, (3, 5), {"batch": 4})]
+
     def __init__(self, name=None):
         super().__init__(name=name)
         self.fused_with_loss = False
@@ -219,6 +223,10 @@ def get(name):
 @register
 class Activation(Layer):
     """``Activation("relu")``: applies a named activation."""
+
+    @classmethod
+    def examples(cls):
+        return [(lambda: cls("tanh"), (3, 5), {}), (lambda: cls("gelu_exact"), (4,), {})]
 
     def __init__(self, activation, name=None):
         super().__init__(name=name)

@@ -37,6 +37,11 @@ class Conv2D(Layer):
     "channels_last" (NHWC, the default) or "channels_first" (NCHW in and out).
     """
 
+    @classmethod
+    def examples(cls):
+        return [(lambda: cls(3, (2, 3), strides=(2, 1), data_format="channels_first"), (1, 5, 7), {}),
+                (lambda: cls(2, 3, padding="same", activation="elu"), (5, 4, 8), {})]
+
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", activation=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", data_format="channels_last",
                  name=None):

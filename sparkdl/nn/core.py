@@ -15,6 +15,10 @@ def _positive_int(value, argument):
 class Dense(Layer):
     """y = activation(x @ kernel + bias) over the last axis; kernel is (in, units)."""
 
+    @classmethod
+    def examples(cls):
+        return [(lambda: cls(4, activation="tanh"), (5,), {}), (lambda: cls(3, use_bias=False), (2, 4), {})]
+
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", name=None):
         super().__init__(name=name)
@@ -64,6 +68,12 @@ class Dense(Layer):
 
 @register
 class Flatten(Layer):
+    """Each example as one axis: (..., ) -> (size,)."""
+
+    @classmethod
+    def examples(cls):
+        return [(cls, (3, 2, 2), {})]
+
     def build(self, input_shape):
         return (int(np.prod(input_shape)),)
 
@@ -77,6 +87,10 @@ class Flatten(Layer):
 @register
 class Reshape(Layer):
     """Reshape each example to ``target_shape`` (one dimension may be -1)."""
+
+    @classmethod
+    def examples(cls):
+        return [(lambda: cls((3, 4)), (2, 6), {})]
 
     def __init__(self, target_shape, name=None):
         super().__init__(name=name)
@@ -108,6 +122,10 @@ class Reshape(Layer):
 @register
 class Dropout(Layer):
     """Inverted dropout: in training, zero each value with probability ``rate`` and scale the rest by 1/(1-rate)."""
+
+    @classmethod
+    def examples(cls):
+        return [(lambda: cls(0.4), (6,), {"training": True}), (lambda: cls(0.4), (6,), {})]
 
     def __init__(self, rate, name=None):
         super().__init__(name=name)

@@ -22,6 +22,10 @@ class Embedding(Layer):
     ``initializers.py`` works too. The indices get no gradient: ``backward`` returns None.
     """
 
+    @classmethod
+    def examples(cls):
+        return [(lambda: cls(4, 3), (5,), {"input_kind": ("int", 4)})]
+
     def __init__(self, input_dim, output_dim, embeddings_initializer=_KERAS_UNIFORM, name=None):
         super().__init__(name=name)
         self.input_dim = _positive_int(input_dim, "input_dim")

@@ -307,6 +307,10 @@ class _Merge(Layer):
 class Add(_Merge):
     """Element-wise sum of inputs of one shape."""
 
+    @classmethod
+    def examples(cls):
+        return [(cls, [(3, 2), (3, 2), (3, 2)], {})]
+
     def merge_shape(self, shapes):
         if len(set(shapes)) != 1:
             raise ValueError(f"Add needs inputs of the same shape. Received: input shapes "
@@ -326,6 +330,10 @@ class Add(_Merge):
 @register
 class Concatenate(_Merge):
     """Join inputs along ``axis`` (counting the batch axis, as Keras: -1 is the last); other dims must match."""
+
+    @classmethod
+    def examples(cls):
+        return [(cls, [(2, 3), (2, 1)], {}), (lambda: cls(axis=1), [(2, 3), (1, 3)], {})]
 
     def __init__(self, axis=-1, name=None):
         super().__init__(name=name)

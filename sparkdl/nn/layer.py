@@ -16,6 +16,11 @@ def register(cls):
     return cls
 
 
+def registered():
+    """{class name: class} of every registered layer."""
+    return dict(_REGISTRY)
+
+
 def layer_from_config(spec):
     if not isinstance(spec, dict) or "class_name" not in spec:
         raise ValueError(f"a layer config must be a dict with 'class_name' and 'config'. Received: {spec!r}")
@@ -44,6 +49,12 @@ def as_shape(shape, what="input_shape"):
 
 class Layer:
     """Base class. Subclasses store their arguments in ``__init__`` and override build/forward/backward."""
+
+    @classmethod
+    def examples(cls):
+        """[(make, input_shape, options)]: layers (``make()``) that sparkdl.testing.check_layer checks on inputs of
+        ``input_shape`` with ``options`` (its keyword arguments); every registered layer declares some."""
+        return []
 
     def __init__(self, name=None):
         self.name = name

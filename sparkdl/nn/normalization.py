@@ -86,6 +86,11 @@ class BatchNormalization(_Normalization):
     training averages along with the params.
     """
 
+    @classmethod
+    def examples(cls):
+        return [(lambda: cls(momentum=0.9), (3, 2), {"batch": 4, "training": True}),
+                (lambda: cls(axis=1), (3, 2, 2), {"batch": 4})]
+
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True, beta_initializer="zeros",
                  gamma_initializer="ones", moving_mean_initializer="zeros", moving_variance_initializer="ones",
                  name=None):
@@ -148,6 +153,10 @@ class BatchNormalization(_Normalization):
 class LayerNormalization(_Normalization):
     """Normalize each example over ``axis`` (an int or a list of ints, default the last axis); gamma and beta
     have the shape of those axes. Training and inference compute the same thing."""
+
+    @classmethod
+    def examples(cls):
+        return [(cls, (3, 4), {}), (lambda: cls(axis=[1, 3]), (2, 3, 2), {})]
 
     def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, beta_initializer="zeros",
                  gamma_initializer="ones", name=None):

@@ -13,6 +13,13 @@ from .windows import (DATA_FORMATS, PADDINGS, Windows, choice, from_nhwc, hwc_to
 
 
 class _Pooling2D(Layer):
+    """The parts max and average pooling share: windows of ``pool_size`` every ``strides`` over height and width."""
+
+    @classmethod
+    def examples(cls):
+        return [(lambda: cls(2), (5, 7, 2), {}),
+                (lambda: cls(3, strides=1, padding="same", data_format="channels_first"), (2, 4, 5), {})]
+
     def __init__(self, pool_size=(2, 2), strides=None, padding="valid", data_format="channels_last", name=None):
         super().__init__(name=name)
         self.pool_size = pair(pool_size, "pool_size")
@@ -124,6 +131,10 @@ def _real_counts(size, k, stride, pad_before, out):
 @register
 class GlobalAveragePooling2D(Layer):
     """Mean over height and width: (H, W, C) -> (C,), or (1, 1, C) with ``keepdims`` (channels_first alike)."""
+
+    @classmethod
+    def examples(cls):
+        return [(cls, (3, 4, 5), {}), (lambda: cls(data_format="channels_first", keepdims=True), (2, 3, 4), {})]
 
     def __init__(self, data_format="channels_last", keepdims=False, name=None):
         super().__init__(name=name)

@@ -35,6 +35,11 @@ def _forget_bias(bias_initializer, units):
 class _Recurrent(Layer):
     """The parts every recurrent layer shares: arguments, weights, time-major input and output handling."""
 
+    @classmethod
+    def examples(cls):
+        return [(lambda: cls(3), (4, 3), {"batch": 2}),
+                (lambda: cls(2, return_sequences=True, go_backwards=True), (4, 3), {"batch": 2})]
+
     gates = 1
 
     def __init__(self, units, activation, use_bias, kernel_initializer, recurrent_initializer, bias_initializer,

@@ -1,5 +1,6 @@
 """Simulated hosts on one machine: Linux network namespaces on a bridge, each with its own address, hostname and
-/dev/shm (and /tmp with ``private_tmp``), for the multi-host tests and bench/scale.py. Root only.
+/dev/shm, for the multi-host tests and bench/scale.py. Root only. The directories ``private_dirs`` (which must
+exist) are each host's own, empty, there: what this namespace writes in them no host sees.
 
     with SimulatedHosts(3) as hosts:          # 3 namespaces on a bridge in a fresh 10.x.y.0/24 test subnet
         hosts.driver_ip                        # the bridge's address, in this (the root) namespace
@@ -55,8 +56,8 @@ def _free_subnet():
 
 
 class SimulatedHosts:
-    def __init__(self, n, private_tmp=False):
-        self.n, self.private_tmp = n, private_tmp
+    def __init__(self, n, private_dirs=()):
+        self.n, self.private_dirs = n, list(private_dirs)
         tag = f"{os.getpid() % 10000}{random.Random().randint(0, 99):02d}"
         self.net = _free_subnet()
         self.bridge = f"sdlb{tag}"   # this namespace's link to the switch
@@ -112,8 +113,8 @@ class SimulatedHosts:
             _run(*inside, "addr", "add", f"{ip}/24", "dev", "eth0")
             _run(*inside, "link", "set", "eth0", "up")
         for i, ns in enumerate(self.namespaces):
-            tmp = " && mount -t tmpfs -o size=2g,mode=1777 tmpfs /tmp" if self.private_tmp else ""
-            script = (f"hostname {self.names[i]} && mount -t tmpfs -o size=512m,mode=1777 tmpfs /dev/shm{tmp} && "
+            hidden = "".join(f" && mount -t tmpfs -o size=64m,mode=1777 tmpfs {d}" for d in self.private_dirs)
+            script = (f"hostname {self.names[i]} && mount -t tmpfs -o size=512m,mode=1777 tmpfs /dev/shm{hidden} && "
                       f"exec sleep infinity")
             self.holders.append(subprocess.Popen(["ip", "netns", "exec", ns, "unshare", "--uts", "--mount",
                                                   "--propagation", "private", "sh", "-c", script]))

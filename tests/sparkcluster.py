@@ -175,7 +175,7 @@ def _pids_under(root):
     return found
 
 
-def submit(cluster, script, args, events, extra=(), timeout=300, on_line=None, status=0):
+def submit(cluster, script, args, events, extra=(), timeout=300, on_line=None, status=0, env=None):
     """spark-submit ``script`` to the cluster (the driver here, on the master's address); ``on_line(line)`` sees
     the driver's output as it comes. Returns the output; fails the test unless the exit status is ``status``."""
     cmd = [os.path.join(cluster.home, "bin", "spark-submit"), "--master", cluster.url,
@@ -190,7 +190,7 @@ def submit(cluster, script, args, events, extra=(), timeout=300, on_line=None, s
            "--conf", f"spark.driver.extraJavaOptions={QUICK_JVM}", "--conf", f"spark.executor.extraJavaOptions={QUICK_JVM}",
            *extra, os.path.join(REPO, "jobs", script), *args]
     t0 = time.time()
-    proc = subprocess.Popen(cmd, env=cluster.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, env=dict(cluster.env, **(env or {})), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     lines = []
     timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))  # the driver JVM and its Python

@@ -1,6 +1,7 @@
 """Barrier mode across hosts, for real: three simulated hosts (network namespaces on a bridge in a test subnet,
-each with its own hostname, /dev/shm and /tmp: simhosts.py), a standalone master in this namespace, one Spark
-worker daemon on each host, and spark-submit of jobs/train.py with the driver here. The workers average over TCP
+each with its own hostname and /dev/shm: simhosts.py), a standalone master in this namespace, one Spark worker
+daemon on each host, and spark-submit of jobs/train.py with the driver here, its temporary directory ($TMPDIR)
+one the hosts do not see. The workers average over TCP
 between the hosts; the driver hears one tally per round. A second fit kills the Python worker of one host
 mid-fit: Spark retries the barrier stage and the fit still ends well. Then what a real cluster needs: jobs mode
 refuses a shard directory the hosts do not share within a second or two, two identical fits end with identical
@@ -27,19 +28,29 @@ HOSTS = 3
 
 
 @pytest.fixture(scope="module")
-def hosts():
+def driver_tmp():
+    """The driver's $TMPDIR: on each simulated host the same path is an empty directory of the host's own."""
+    path = tempfile.mkdtemp(prefix="sparkdl-driver-tmp-", dir="/var/tmp")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def hosts(driver_tmp):
     import simhosts
     reason = simhosts.available()
     if reason:
         pytest.skip(reason)
-    with simhosts.SimulatedHosts(HOSTS, private_tmp=True) as h:
+    with simhosts.SimulatedHosts(HOSTS, private_dirs=[driver_tmp]) as h:
         log(f"simulated hosts {h.names} at {h.ips}, driver and master at {h.driver_ip} ({h.bridge})")
         yield h
 
 
 @pytest.fixture(scope="module")
 def shared():
-    """A directory every simulated host sees (their /tmp is their own): the cluster's, and a shared filesystem's."""
+    """A directory every simulated host sees (as a shared filesystem would be): the cluster's and the shards'."""
     root = tempfile.mkdtemp(prefix="sparkdl-multihost-", dir="/var/tmp")
     try:
         yield root
@@ -60,14 +71,16 @@ def cluster(hosts, shared):
         c.stop()
 
 
-def train(cluster, tmp_path, epochs, extra_args=(), on_line=None, mode="barrier", data="digits", status=0):
+def train(cluster, tmp_path, epochs, extra_args=(), on_line=None, mode="barrier", data="digits", status=0,
+          driver_tmp=None):
     out, events = tmp_path / "out", tmp_path / "events"
     events.mkdir()
     output = submit(cluster, "train.py", ["--data", data, "--mode", mode, "--num-workers", str(HOSTS),
                                           "--epochs", str(epochs), "--batch-size-per-worker", "32", *extra_args,
                                           "--output-dir", str(out)], events,
                     ["--conf", "spark.executor.memory=512m", "--conf", "spark.task.maxFailures=1",
-                     "--conf", "spark.stage.maxConsecutiveAttempts=4"], timeout=420, on_line=on_line, status=status)
+                     "--conf", "spark.stage.maxConsecutiveAttempts=4"], timeout=420, on_line=on_line, status=status,
+                    env={"TMPDIR": driver_tmp} if driver_tmp else None)
     if status:
         return output
     return json.loads((out / "metrics.json").read_text())
@@ -130,9 +143,9 @@ def _python_workers(pids):
 
 
 @pytest.mark.parametrize("given", [False, True])
-def test_jobs_mode_refuses_a_shard_directory_the_hosts_do_not_share(cluster, tmp_path, given):
-    """No shared directory set: refused at once. One of the driver's own given (/tmp is each host's own): the
-    executors' probe finds it missing."""
+def test_jobs_mode_refuses_a_shard_directory_the_hosts_do_not_share(cluster, driver_tmp, tmp_path, given):
+    """No shared directory set: the driver's temporary directory is refused at once. A directory of the driver's
+    own given: the executors' probe finds it missing."""
     seen = {}
 
     def stamp(line):
@@ -140,8 +153,9 @@ def test_jobs_mode_refuses_a_shard_directory_the_hosts_do_not_share(cluster, tmp
             if key in line and key not in seen:
                 seen[key] = time.time()
 
-    extra = ["--export-dir", str(tmp_path / "driver-only")] if given else []
-    output = train(cluster, tmp_path, epochs=1, mode="jobs", on_line=stamp, status=2, extra_args=extra)
+    extra = ["--export-dir", os.path.join(driver_tmp, "given")] if given else []
+    output = train(cluster, tmp_path, epochs=1, mode="jobs", on_line=stamp, status=2, extra_args=extra,
+                   driver_tmp=driver_tmp)
     error = next(line for line in output.splitlines() if "train.py: error:" in line)
     took = seen["error:"] - seen["jobs mode"]
     log(f"jobs mode, {'--export-dir on the driver' if given else 'no --export-dir'}: {took:.2f}s from choosing the "

@@ -243,6 +243,10 @@ def main(argv=None):
     print("held-out:", common.format_metrics(metrics))
     print(f"rounds: {summary['rounds']}, worker time fitting: {summary['fit_fraction']:.0%}, "
           f"driver overhead per round: {summary['overhead_ms_mean']:.0f} ms")
+    if history.stats.startup:
+        steps = history.stats.startup
+        print(f"start-up: {sum(t for _, t in steps):.1f} s from fit to the end of round 1 ("
+              + ", ".join(f"{step} {t:.2f} s" for step, t in steps) + ")")
     fs.remove(checkpoint)   # the run is complete: model.npz holds what the checkpoint would resume to
     print(f"wrote {out('model.npz')}, metrics.json, stats.html, stats.json")
     common.stop_if_submitted(spark)

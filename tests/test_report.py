@@ -106,3 +106,24 @@ def _png_colors(path):
     # filter bytes aside, count distinct byte triples in a sample of rows (unfiltered or not, varied content shows)
     sample = rows[::max(height // 50, 1), 1:].reshape(-1, channels)[:, :3]
     return len({tuple(p) for p in sample[::7]})
+
+
+def test_the_start_up_steps_add_up_to_the_time_from_fit_to_the_end_of_round_one():
+    from sparkdl.dist.run import FitRun
+    from sparkdl.nn import Dense, Sequential
+    from sparkdl.spark import ParameterAveraging
+    model = Sequential([Dense(2)], input_shape=(3,)).compile("sgd", "mse")
+    run = FitRun(model, ParameterAveraging(), 1, [], None, 0, 0)
+    run.marks.update(fit=100.0, checked=100.5, mode=100.75)
+    run.mark("launched", 101.0)
+    run.mark("launched", 999.0)   # only the first time counts
+    run.mark("started", 102.0)
+    run.mark("loaded", 101.5)     # a worker's clock behind the driver's: a step never goes negative
+    run.mark("built", 102.25)
+    run.mark("ready", 104.0)
+    run.mark("round 1", 104.5)
+    steps = dict(run.startup())
+    assert steps == {"input checks (one Spark pass)": 0.5, "mode chosen, validation data ready": 0.25, "launch": 0.25,
+                     "partitions loaded": 0.5, "workers' tasks begun": 0.5, "models built": 0.25,
+                     "workers ready (jobs mode: the export)": 1.75, "first round": 0.5}
+    assert sum(steps.values()) == 4.5

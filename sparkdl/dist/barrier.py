@@ -182,13 +182,16 @@ class _Sync:
         return mesh_s
 
 
-def worker_main(ctx, spec, x, y, read_s=0.0):
+def worker_main(ctx, spec, x, y, read_s=0.0, started=None):
     """One barrier worker, from joining to the end of the fit; returns the rows it held.
 
     ``ctx``: ``rank`` (worker id), ``attempt`` (unique per task attempt), ``address`` (where peers reach this
     worker), ``host`` (which memory it can share: ``host_key()``), ``all_gather(str) -> [str]`` (the
-    rendezvous); ``spec``: the plain values BarrierDriver.worker_spec made; (x, y): the worker's partition."""
+    rendezvous); ``spec``: the plain values BarrierDriver.worker_spec made; (x, y): the worker's partition, loaded
+    in ``read_s`` seconds from ``started`` (when the task began: the driver's breakdown of the fit's start-up)."""
     from .worker import worker_model
+    loaded = time.time()
+    started = loaded - read_s if started is None else started
     model = worker_model(spec["model"], spec["compile"], spec["backend"])
     opt, aos, timeout = model.optimizer, spec["average_optimizer_state"], spec["timeout"]
     device = model.xp is not np
@@ -199,6 +202,7 @@ def worker_main(ctx, spec, x, y, read_s=0.0):
     if not is_spilled(x):
         x, y = model.xp.asarray(x), model.xp.asarray(y)   # resident for the whole fit (on the GPU with cupy)
     own = (model.params, model.state, opt.state_buffer)   # the model is cached in this process: restored below
+    built = time.time()
     listener = group = control = mesh = None
     try:
         listener = _listen(ctx.address, spec["ports"])
@@ -228,7 +232,8 @@ def worker_main(ctx, spec, x, y, read_s=0.0):
         control = Control.connect(spec["driver"][0], spec["driver"][1], secret, {
             "type": "hello", "worker": ctx.rank, "attempt": ctx.attempt, "rows": n_rows, "host": ctx.host,
             "address": ctx.address, "port": me["port"], "pid": os.getpid(), "leader_rank": topo.leader_rank.get(ctx.rank),
-            "leaders": len(topo.leaders), "group": local}, timeout=min(timeout, 60.0))
+            "leaders": len(topo.leaders), "group": local, "started": started, "loaded": loaded,
+            "built": built}, timeout=min(timeout, 60.0))
         start, arrays = control.expect(("start", "done"), timeout=timeout)
         if group is not None:
             # every worker of the host mapped the region before saying hello, and the driver starts no one before
@@ -529,8 +534,8 @@ class BarrierDriver:
             self.attempt = max(h.get("attempt", 0) for h in hellos.values())
             sizes = [hellos[w]["rows"] for w in range(self.n_workers)]
             if self.sizes is None:
-                run.start(sizes, {"workers": [{k: hellos[w].get(k) for k in ("worker", "host", "address", "pid")}
-                                              for w in range(self.n_workers)]})
+                keys = ("worker", "host", "address", "pid", "started", "loaded", "built")
+                run.start(sizes, {"workers": [{k: hellos[w].get(k) for k in keys} for w in range(self.n_workers)]})
                 self.sizes = sizes
                 self.total_rounds = run.epochs * run.rounds_per_epoch
                 self.fetch = {g for g in range(self.total_rounds) if run.needs_model(g % run.rounds_per_epoch, g)}
@@ -652,6 +657,7 @@ class Barrier(Master):
 
         thread = threading.Thread(target=serve, name="sparkdl-barrier-driver", daemon=True)
         thread.start()
+        run.mark("launched")
         try:
             launcher.run_barrier(driver.worker_spec(ports), run)
             driver.stage_done = True

@@ -11,6 +11,7 @@ class Jobs(Master):
     mode = "jobs"
 
     def fit(self, options, run, launcher):
+        run.mark("launched")
         with launcher.exported(run) as sizes:
             run.start(sizes)
             for epoch, r, g in run.rounds():

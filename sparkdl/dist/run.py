@@ -53,6 +53,27 @@ class FitRun:
         self.stoppers = []        # what stops the running work: cancel the Spark jobs, abort the workers
         self.next_round = resume_round
         self.rounds_per_epoch = None
+        self.marks = {}   # when the fit's start-up steps ended (time.time()): see ``startup``
+
+    def mark(self, step, t=None):
+        """Note when a start-up step ended (the first time only)."""
+        self.marks.setdefault(step, time.time() if t is None else t)
+
+    def startup(self):
+        """[(step, seconds)] from the call of fit to the end of the first round, each step from the end of the
+        one before; the workers' steps (their tasks begun, partitions loaded, models built) are the slowest
+        worker's, where the master reports them."""
+        names = {"checked": "input checks (one Spark pass)", "mode": "mode chosen, validation data ready",
+                 "launched": "launch", "started": "workers' tasks begun", "loaded": "partitions loaded",
+                 "built": "models built", "ready": "workers ready (jobs mode: the export)",
+                 "round 1": "first round"}
+        marks = sorted((t, step) for step, t in self.marks.items() if step in names or step == "fit")
+        steps, before = [], self.marks.get("fit")
+        for t, step in marks:
+            if step != "fit" and before is not None:
+                steps.append((names[step], max(t - before, 0.0)))
+            before = t if before is None else max(before, t)
+        return steps
 
     # -- schedule ---------------------------------------------------------------------------------------
     def start(self, shard_sizes, logs=None):
@@ -62,6 +83,12 @@ class FitRun:
         if empty:   # as the schedule has workers whose shard is used up sit a round out
             log.warning("sparkdl: the partitions of workers %s are empty (%d workers for %d rows); those workers "
                         "sit the fit out", empty, len(shard_sizes), sum(shard_sizes))
+        workers = (logs or {}).get("workers") or []
+        for step in ("started", "loaded", "built"):   # the slowest worker's
+            times = [w[step] for w in workers if isinstance(w.get(step), (int, float))]
+            if times:
+                self.mark(step, max(times))
+        self.mark("ready")
         self.shard_sizes = list(shard_sizes)
         self.rows = sum(shard_sizes)
         self.rounds_per_epoch = schedule.rounds_per_epoch(shard_sizes, self.master.batch_size_per_worker,
@@ -224,6 +251,10 @@ class FitRun:
         self.epoch_total.merge(Contribution(n=total.n, loss_sum=total.loss_sum, partials=total.partials))
         self.epoch_rounds.append((g, Contribution(n=total.n, loss_sum=total.loss_sum, partials=total.partials)))
         now = time.time()
+        if "round 1" not in self.marks:
+            self.mark("round 1", now)
+            if self.history.stats is not None:
+                self.history.stats.startup = self.startup()
         record = {"round": g, "epoch": epoch, "start": self.clock, "wall_s": now - self.clock, "merge_s": now - t0,
                   "loss": loss, "n": total.n, **(extra or {})}
         self.clock = now

@@ -1,6 +1,7 @@
 """SparkTrainer: fit a compiled sparkdl model on a DataFrame through a master; evaluate and predict on executors."""
 import json
 import logging
+import time
 import uuid
 
 import numpy as np
@@ -46,12 +47,14 @@ class SparkTrainer:
     def fit(self, df, features_col="features", label_col="label", epochs=1, validation_df=None, callbacks=(),
             resume_from=None, verbose="auto"):
         self._check_model("fit")
+        marks = {"fit": time.time()}
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive int. Received: epochs={epochs!r}")
         master, model = self.master, self.model
         resume_round = self._resume(resume_from) if resume_from is not None else 0
         level = _storage_level(master.storage_level)
         prepared, rows = self._prepared(df, features_col, label_col, "training DataFrame")
+        marks["checked"] = time.time()
         persisted = [prepared.persist(level)]
         evaluate_validation = None
         try:
@@ -69,7 +72,9 @@ class SparkTrainer:
                 else:
                     persisted.append(val.persist(level))
                     evaluate_validation = lambda: self._evaluate_prepared(val, 1024, "validation DataFrame", features_col)
-            history = self._run(prepared, mode, reason, epochs, callbacks, evaluate_validation, verbose, resume_round)
+            marks["mode"] = time.time()
+            history = self._run(prepared, mode, reason, epochs, callbacks, evaluate_validation, verbose, resume_round,
+                                marks)
         finally:
             for p in persisted:
                 p.unpersist()
@@ -77,12 +82,13 @@ class SparkTrainer:
         model.history = history
         return history
 
-    def _run(self, prepared, mode, reason, epochs, callbacks, evaluate_validation, verbose, resume_round):
+    def _run(self, prepared, mode, reason, epochs, callbacks, evaluate_validation, verbose, resume_round, marks=None):
         from .barrier import BarrierUnsupported
         master, model = self.master, self.model
         start = (model.get_flat_params(), model.get_flat_state(), model.optimizer.get_state())
         run = FitRun(model, master, epochs, callbacks, evaluate_validation, verbose, resume_round)
         run.history.mode, run.history.mode_reason = mode, reason
+        run.marks.update(marks or {})
         model.history = run.history   # callbacks may read the fit's history (its stats), as in the local fit
         try:
             with stop_on_signals(run), data.task_errors():
@@ -95,7 +101,7 @@ class SparkTrainer:
             model.set_flat_state(start[1])
             model.optimizer.set_state(start[2])
             return self._run(prepared, "jobs", str(e).split(";")[0], epochs, callbacks, evaluate_validation, verbose,
-                             resume_round)
+                             resume_round, marks)
         except BaseException as e:
             error = e
             if run.stop_signal is not None and not isinstance(e, FitInterrupted):

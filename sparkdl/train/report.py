@@ -37,6 +37,9 @@ def _numbers(stats):
              ("round time (mean)", _ms(s["round_s_mean"])),
              ("overhead per round (round less its slowest worker's fitting)",
               f"{s['overhead_ms_mean']:,.2f} ms ({100 * s['overhead_fraction']:.1f}%)")]
+    if stats.startup:
+        rows.append(("from fit() to the end of round 1", _ms(sum(t for _, t in stats.startup))))
+        rows += [(f"start-up: {step}", _ms(t)) for step, t in stats.startup]
     for kind, what in (("control", "driver's control bytes per round"), ("stats", "driver's timing records per round"),
                        ("model", "driver's model bytes per round")):
         if f"driver_{kind}_bytes_per_round" in s:

@@ -18,6 +18,7 @@ class TrainingStats:
         self.epochs = []    # epoch, round (its last), time (since the first round), and the epoch's logs
         self.layers = []    # round, {layer: {weight_norm, update_norm (per round since the last sample), ratio}}
         self.config = {}    # what the run was: model, master settings, Spark master and executors, mode
+        self.startup = []   # [(step, seconds)] from the call of fit to the end of round 1 (FitRun.startup)
         self._last = None   # (round, params) of the last layer sample
 
     def add_round(self, record, worker_records=()):
@@ -79,7 +80,8 @@ class TrainingStats:
         return out
 
     def to_dict(self):
-        return {"summary": self.summary(), "config": self.config, "epochs": self.epochs, "rounds": self.rounds,
+        return {"summary": self.summary(), "config": self.config, "startup": self.startup, "epochs": self.epochs,
+                "rounds": self.rounds,
                 "workers": self.workers, "layers": self.layers}
 
     def to_json(self, path=None):

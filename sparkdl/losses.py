@@ -11,6 +11,7 @@ Every loss is the mean over all examples (and over all outputs for the element-w
 import numpy as np
 
 from .backend import array_module, to_numpy
+from .registry import Registry
 
 EPSILON = 1e-7
 
@@ -250,9 +251,9 @@ class Huber(_Regression):
         return {"delta": self.delta}
 
 
-LOSSES = {cls.name: cls for cls in (SparseCategoricalCrossentropy, CategoricalCrossentropy, BinaryCrossentropy,
-                                    MeanSquaredError, MeanAbsoluteError, Huber)}
-_ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae"}
+LOSSES = Registry("loss", {cls.name: cls for cls in (SparseCategoricalCrossentropy, CategoricalCrossentropy,
+                                                      BinaryCrossentropy, MeanSquaredError, MeanAbsoluteError, Huber)},
+                  aliases={"mean_squared_error": "mse", "mean_absolute_error": "mae"})
 
 
 def get(identifier):
@@ -262,10 +263,7 @@ def get(identifier):
     config = {}
     if isinstance(identifier, dict):
         identifier, config = identifier.get("class_name"), identifier.get("config", {})
-    name = _ALIASES.get(identifier, identifier)
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss; expected one of {sorted(LOSSES)}. Received: loss={identifier!r}")
-    return LOSSES[name](**config)
+    return LOSSES.lookup(identifier, "loss")(**config)
 
 
 def serialize(loss):

@@ -27,14 +27,19 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 HOSTS = 3
 
 
-@pytest.fixture(scope="module")
-def driver_tmp():
-    """The driver's $TMPDIR: on each simulated host the same path is an empty directory of the host's own."""
-    path = tempfile.mkdtemp(prefix="sparkdl-driver-tmp-", dir="/var/tmp")
+def _scratch(prefix):
+    """A fresh directory under /var/tmp (not under the test's /tmp: see ``driver_tmp``), removed afterwards."""
+    path = tempfile.mkdtemp(prefix=prefix, dir="/var/tmp")
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def driver_tmp():
+    """The driver's $TMPDIR: on each simulated host the same path is an empty directory of the host's own."""
+    yield from _scratch("sparkdl-driver-tmp-")
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +56,7 @@ def hosts(driver_tmp):
 @pytest.fixture(scope="module")
 def shared():
     """A directory every simulated host sees (as a shared filesystem would be): the cluster's and the shards'."""
-    root = tempfile.mkdtemp(prefix="sparkdl-multihost-", dir="/var/tmp")
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    yield from _scratch("sparkdl-multihost-")
 
 
 @pytest.fixture(scope="module")

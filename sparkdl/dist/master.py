@@ -8,7 +8,9 @@ and a launcher, the Spark-side object that runs its tasks (sparkdl.spark: ``num_
 ``run_barrier`` for barrier mode, ``exported`` and ``run_round`` for jobs mode). It returns the fit's History.
 """
 
-MASTERS = {}
+from ..registry import Registry
+
+MASTERS = Registry("mode")   # mode -> Master class
 AUTO = "auto"   # not a master: the launcher picks one (barrier where the cluster can run it now, else jobs)
 
 
@@ -21,8 +23,7 @@ class Master:
 
 
 def register(cls):
-    MASTERS[cls.mode] = cls
-    return cls
+    return MASTERS.register(cls, cls.mode)
 
 
 def modes():

@@ -12,11 +12,12 @@ from pyspark.ml.classification import _ClassifierParams
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasProbabilityCol, HasSeed
 
+from .. import optim
 from ..dist.master import choices
 
 CLASSIFIER_LOSSES = ("sparse_categorical_crossentropy", "binary_crossentropy")
 REGRESSOR_LOSSES = ("mse", "mae", "huber", "mean_squared_error", "mean_absolute_error")
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+OPTIMIZERS = tuple(sorted(name.lower() for name in optim.OPTIMIZERS))   # what optim.get takes by name
 MODES = choices()
 
 

@@ -6,6 +6,7 @@ computed from the logits this layer cached, and its ``backward`` passes the loss
 """
 import math
 
+from ..registry import Registry
 from .layer import Layer, register
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -207,17 +208,14 @@ def _gelu_exact():
 
 
 # name -> a function of no arguments making the layer ("gelu" stays the tanh approximation, as saved models expect)
-ACTIVATIONS = {"linear": Linear, "relu": ReLU, "leaky_relu": LeakyReLU, "elu": ELU, "gelu": GELU,
-               "gelu_exact": _gelu_exact, "sigmoid": Sigmoid, "tanh": Tanh, "softmax": Softmax}
+ACTIVATIONS = Registry("activation", {"linear": Linear, "relu": ReLU, "leaky_relu": LeakyReLU, "elu": ELU,
+                                      "gelu": GELU, "gelu_exact": _gelu_exact, "sigmoid": Sigmoid, "tanh": Tanh,
+                                      "softmax": Softmax})
 
 
 def get(name):
     """A new activation layer for a name (None means linear)."""
-    if name is None:
-        name = "linear"
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation; expected one of {sorted(ACTIVATIONS)}. Received: {name!r}")
-    return ACTIVATIONS[name]()
+    return ACTIVATIONS.lookup("linear" if name is None else name)()
 
 
 @register

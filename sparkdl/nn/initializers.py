@@ -6,6 +6,8 @@ The "normal" variants draw from a normal truncated at two standard deviations, r
 """
 import numpy as np
 
+from ..registry import Registry
+
 
 def fans(shape):
     if len(shape) == 0:
@@ -56,7 +58,7 @@ def orthogonal(rng, shape):
     return q.reshape(shape)
 
 
-INITIALIZERS = {
+INITIALIZERS = Registry("initializer", {
     "glorot_uniform": _variance_scaling(1.0, "fan_avg", "uniform"),
     "glorot_normal": _variance_scaling(1.0, "fan_avg", "normal"),
     "he_uniform": _variance_scaling(2.0, "fan_in", "uniform"),
@@ -66,21 +68,16 @@ INITIALIZERS = {
     "zeros": zeros,
     "ones": ones,
     "orthogonal": orthogonal,
-}
+})
 
 
 def get(name):
     """The initializer function for a name (an already callable initializer is returned as is)."""
-    if callable(name):
-        return name
-    if name not in INITIALIZERS:
-        raise ValueError(f"unknown initializer; expected one of {sorted(INITIALIZERS)}. Received: {name!r}")
-    return INITIALIZERS[name]
+    return name if callable(name) else INITIALIZERS.lookup(name)
 
 
 def check(name, argument):
     """Validate an initializer name given as a constructor argument (fails at construction, not at build)."""
     if not isinstance(name, str) or name not in INITIALIZERS:
-        raise ValueError(
-            f"{argument} must be one of {sorted(INITIALIZERS)}. Received: {argument}={name!r}")
+        raise ValueError(f"{argument} must be one of {INITIALIZERS.choices()}. Received: {argument}={name!r}")
     return name

@@ -7,13 +7,14 @@ parameter gradients into the gradient views (overwriting them) and returns the g
 """
 import numpy as np
 
-_REGISTRY = {}
+from ..registry import Registry
+
+_REGISTRY = Registry("layer class_name")
 
 
 def register(cls):
     """Class decorator: make a layer constructible from ``{"class_name": ..., "config": ...}``."""
-    _REGISTRY[cls.__name__] = cls
-    return cls
+    return _REGISTRY.register(cls)
 
 
 def registered():
@@ -24,10 +25,7 @@ def registered():
 def layer_from_config(spec):
     if not isinstance(spec, dict) or "class_name" not in spec:
         raise ValueError(f"a layer config must be a dict with 'class_name' and 'config'. Received: {spec!r}")
-    name = spec["class_name"]
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown layer class_name; expected one of {sorted(_REGISTRY)}. Received: {name!r}")
-    return _REGISTRY[name].from_config(dict(spec.get("config", {})))
+    return _REGISTRY.lookup(spec["class_name"]).from_config(dict(spec.get("config", {})))
 
 
 def layer_to_config(layer):

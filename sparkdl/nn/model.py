@@ -15,17 +15,17 @@ from .. import losses as losses_mod
 from .. import metrics as metrics_mod
 from .. import optim
 from ..backend import blas_threads, check_dtype, get_xp, make_rng, to_numpy
+from ..registry import Registry
 from . import initializers
 from .layer import Layer
 
 ALIGN = 16  # each weight starts on a 64-byte boundary (float32) for aligned vector loads
 
-MODEL_CLASSES = {}
+MODEL_CLASSES = Registry("model class_name")
 
 
 def register_model(cls):
-    MODEL_CLASSES[cls.__name__] = cls
-    return cls
+    return MODEL_CLASSES.register(cls)
 
 
 def _snake(name):
@@ -468,7 +468,7 @@ def model_from_config(spec, **kwargs):
         spec = json.loads(spec)
     name = spec.get("class_name") if isinstance(spec, dict) else None
     if name not in MODEL_CLASSES:
-        raise ValueError(f"model class_name must be one of {sorted(MODEL_CLASSES)}. Received: {name!r}")
+        raise ValueError(f"model class_name must be one of {MODEL_CLASSES.choices()}. Received: {name!r}")
     return MODEL_CLASSES[name].from_config(spec["config"], **kwargs)
 
 

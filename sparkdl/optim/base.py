@@ -14,7 +14,9 @@ from sparkdl.backend import check_dtype, to_numpy
 from sparkdl.optim import schedules
 from sparkdl.optim.schedules import check_number
 
-OPTIMIZERS = {}  # class name -> class, filled by Optimizer.__init_subclass__
+from sparkdl.registry import Registry
+
+OPTIMIZERS = Registry("optimizer")  # class name -> class, filled by Optimizer.__init_subclass__
 
 
 class Optimizer:

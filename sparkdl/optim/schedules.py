@@ -7,7 +7,9 @@ update uses ``schedule(0)``. Every schedule round trips through ``serialize``/``
 import math
 import numbers
 
-SCHEDULES = {}  # class name -> class, filled by LearningRateSchedule.__init_subclass__
+from ..registry import Registry
+
+SCHEDULES = Registry("schedule")  # class name -> class, filled by LearningRateSchedule.__init_subclass__
 
 
 def check_number(name, value, ok=lambda v: True, what="a number", cast=float):
@@ -156,11 +158,7 @@ def get(identifier, name="learning_rate"):
         if set(identifier) != {"class_name", "config"}:
             raise ValueError('a schedule config must be {"class_name": ..., "config": {...}}. '
                              f"Received: {identifier!r}")
-        class_name = identifier["class_name"]
-        if class_name not in SCHEDULES:
-            raise ValueError(f"unknown schedule; expected one of {sorted(SCHEDULES)}. "
-                             f"Received: class_name={class_name!r}")
-        return SCHEDULES[class_name].from_config(identifier["config"])
+        return SCHEDULES.lookup(identifier["class_name"], "class_name").from_config(identifier["config"])
     if isinstance(identifier, numbers.Real) and not isinstance(identifier, bool):
         return _learning_rate(name, identifier)
     raise ValueError(f"{name} must be a non-negative number, a LearningRateSchedule or its serialized dict. "

@@ -16,6 +16,7 @@ Arrays may be numpy or cupy; the work is done on the array's own module and only
 import numpy as np
 
 from .backend import array_module, to_numpy
+from .registry import Registry
 
 LOG_LOSS_EPSILON = 1e-7
 
@@ -324,21 +325,20 @@ class R2Score(Metric):
 
 _CLASSES = (Accuracy, TopKAccuracy, ConfusionMatrix, Precision, Recall, F1Score, LogLoss, MeanSquaredError,
             MeanAbsoluteError, R2Score)
-_BY_CLASS_NAME = {cls.__name__: cls for cls in _CLASSES}
-_BY_NAME = {cls.name: cls for cls in _CLASSES}
-_BY_NAME["acc"] = Accuracy
+METRICS = Registry("metric", {cls.name: cls for cls in _CLASSES},
+                   aliases={"acc": "accuracy", **{cls.__name__: cls.name for cls in _CLASSES}})
 
 
 def get(identifier):
     """A metric from a name ("accuracy", "mse", ...), a ``{"class_name", "config"}`` dict, or an instance."""
     if isinstance(identifier, Metric):
         return identifier
-    if isinstance(identifier, str) and identifier in _BY_NAME:
-        return _BY_NAME[identifier]()
-    if isinstance(identifier, dict) and identifier.get("class_name") in _BY_CLASS_NAME:
-        return _BY_CLASS_NAME[identifier["class_name"]].from_config(dict(identifier.get("config") or {}))
-    raise ValueError(f"unknown metric; expected one of {sorted(_BY_NAME)}, a {{'class_name', 'config'}} dict with "
-                     f"class_name in {sorted(_BY_CLASS_NAME)}, or a Metric. Received: {identifier!r}")
+    if isinstance(identifier, str) and METRICS.find(identifier) is not None:
+        return METRICS.find(identifier)()
+    if isinstance(identifier, dict) and METRICS.find(identifier.get("class_name")) is not None:
+        return METRICS.find(identifier["class_name"]).from_config(dict(identifier.get("config") or {}))
+    raise ValueError(f"unknown metric; expected one of {METRICS.choices()}, a {{'class_name', 'config'}} dict with "
+                     f"class_name in {sorted(cls.__name__ for cls in _CLASSES)}, or a Metric. Received: {identifier!r}")
 
 
 def to_config(metric):

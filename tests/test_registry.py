@@ -2,7 +2,7 @@
 optimizers, schedules, models and masters, with the choices and the error text derived from it."""
 import pytest
 
-from sparkdl import losses, optim
+from sparkdl import losses, metrics, optim
 from sparkdl.dist import master
 from sparkdl.nn import activations, initializers, layer, model
 from sparkdl.optim import schedules
@@ -28,7 +28,8 @@ def test_register_lookup_aliases_and_the_error_for_an_unknown_name():
 def test_every_lookup_of_the_package_is_a_registry():
     master.modes()   # registers the masters
     for registry in (layer._REGISTRY, activations.ACTIVATIONS, initializers.INITIALIZERS, losses.LOSSES,
-                     optim.OPTIMIZERS, schedules.SCHEDULES, model.MODEL_CLASSES, master.MASTERS):
+                     metrics.METRICS, optim.OPTIMIZERS, schedules.SCHEDULES, model.MODEL_CLASSES, master.MASTERS):
         assert isinstance(registry, Registry) and registry.choices(), registry.kind
     assert master.MASTERS.choices() == ["barrier", "jobs"]
     assert losses.get("mean_absolute_error").name == "mae"   # an alias
+    assert type(metrics.get("acc")) is type(metrics.get({"class_name": "Accuracy", "config": {}})) is metrics.Accuracy

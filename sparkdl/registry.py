@@ -36,3 +36,19 @@ class Registry(dict):
             received = f"{argument}={name!r}" if argument else repr(name)
             raise ValueError(f"unknown {self.kind}; expected one of {self.choices()}. Received: {received}")
         return found
+
+
+class Configurable:
+    """For what a registry rebuilds from ``{"class_name": ..., "config": get_config()}``: ``from_config`` calls the
+    constructor with the config, and the repr shows it."""
+
+    def get_config(self):
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"

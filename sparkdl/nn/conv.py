@@ -7,9 +7,8 @@ backward: d[kernel; bias] = patches.T @ g           both GEMMs over blocks of im
 """
 import numpy as np
 
-from . import activations, initializers
-from .core import _positive_int
-from .layer import Layer, register
+from .core import Affine, _positive_int
+from .layer import register
 from .windows import (DATA_FORMATS, PADDINGS, Windows, choice, from_nhwc, hwc_to_format, image_shape, pair,
                       to_nhwc)
 
@@ -30,7 +29,7 @@ def _row_blocks(cols, transposed, blocks):
 
 
 @register
-class Conv2D(Layer):
+class Conv2D(Affine):
     """y = activation(correlate(x, kernel) + bias); kernel is (kh, kw, in_channels, filters) as in Keras.
 
     ``padding="same"`` follows TensorFlow (the odd padding pixel goes bottom/right). ``data_format`` is
@@ -51,18 +50,7 @@ class Conv2D(Layer):
         self.strides = pair(strides, "strides")
         self.padding = choice(padding, PADDINGS, "padding")
         self.data_format = choice(data_format, DATA_FORMATS, "data_format")
-        self.activation_name = activation
-        self.activation = activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = initializers.check(kernel_initializer, "kernel_initializer")
-        self.bias_initializer = initializers.check(bias_initializer, "bias_initializer")
-
-    @property
-    def output_activation(self):
-        return self.activation
-
-    def sublayers(self):
-        return [self.activation]
+        self._affine(activation, use_bias, kernel_initializer, bias_initializer)
 
     def build(self, input_shape):
         h, w, c = image_shape(input_shape, self.data_format, "Conv2D")
@@ -138,6 +126,5 @@ class Conv2D(Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
-                "strides": list(self.strides), "padding": self.padding, "activation": self.activation_name,
-                "use_bias": self.use_bias, "kernel_initializer": self.kernel_initializer,
-                "bias_initializer": self.bias_initializer, "data_format": self.data_format}
+                "strides": list(self.strides), "padding": self.padding, **self.affine_config(),
+                "data_format": self.data_format}

@@ -11,18 +11,11 @@ def _positive_int(value, argument):
     return int(value)
 
 
-@register
-class Dense(Layer):
-    """y = activation(x @ kernel + bias) over the last axis; kernel is (in, units)."""
+class Affine(Layer):
+    """What Dense and Conv2D share: a kernel, an optional bias, and an activation applied after them (which the
+    model may fuse with the loss: ``output_activation``)."""
 
-    @classmethod
-    def examples(cls):
-        return [(lambda: cls(4, activation="tanh"), (5,), {}), (lambda: cls(3, use_bias=False), (2, 4), {})]
-
-    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", name=None):
-        super().__init__(name=name)
-        self.units = _positive_int(units, "units")
+    def _affine(self, activation, use_bias, kernel_initializer, bias_initializer):
         self.activation_name = activation
         self.activation = activations.get(activation)
         self.use_bias = bool(use_bias)
@@ -35,6 +28,25 @@ class Dense(Layer):
 
     def sublayers(self):
         return [self.activation]
+
+    def affine_config(self):
+        return {"activation": self.activation_name, "use_bias": self.use_bias,
+                "kernel_initializer": self.kernel_initializer, "bias_initializer": self.bias_initializer}
+
+
+@register
+class Dense(Affine):
+    """y = activation(x @ kernel + bias) over the last axis; kernel is (in, units)."""
+
+    @classmethod
+    def examples(cls):
+        return [(lambda: cls(4, activation="tanh"), (5,), {}), (lambda: cls(3, use_bias=False), (2, 4), {})]
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", name=None):
+        super().__init__(name=name)
+        self.units = _positive_int(units, "units")
+        self._affine(activation, use_bias, kernel_initializer, bias_initializer)
 
     def build(self, input_shape):
         self.add_param("kernel", (input_shape[-1], self.units), self.kernel_initializer)
@@ -61,9 +73,7 @@ class Dense(Layer):
         return grad @ self.params["kernel"].T
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "activation": self.activation_name,
-                "use_bias": self.use_bias, "kernel_initializer": self.kernel_initializer,
-                "bias_initializer": self.bias_initializer}
+        return {**super().get_config(), "units": self.units, **self.affine_config()}
 
 
 @register

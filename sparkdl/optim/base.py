@@ -14,12 +14,12 @@ from sparkdl.backend import check_dtype, to_numpy
 from sparkdl.optim import schedules
 from sparkdl.optim.schedules import check_number
 
-from sparkdl.registry import Registry
+from sparkdl.registry import Configurable, Registry
 
 OPTIMIZERS = Registry("optimizer")  # class name -> class, filled by Optimizer.__init_subclass__
 
 
-class Optimizer:
+class Optimizer(Configurable):
     """Base class. ``slot_names`` lists the state slots (an instance may narrow it in ``__init__``, e.g. SGD has
     a momentum slot only when ``momentum > 0``); ``build`` lays them out back to back in ``state_buffer``."""
 
@@ -124,14 +124,6 @@ class Optimizer:
     def get_config(self):
         return {"learning_rate": schedules.serialize(self.learning_rate), "clipnorm": self.clipnorm,
                 "name": self.name}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 def serialize(optimizer):

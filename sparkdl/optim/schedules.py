@@ -7,7 +7,7 @@ update uses ``schedule(0)``. Every schedule round trips through ``serialize``/``
 import math
 import numbers
 
-from ..registry import Registry
+from ..registry import Configurable, Registry
 
 SCHEDULES = Registry("schedule")  # class name -> class, filled by LearningRateSchedule.__init_subclass__
 
@@ -36,7 +36,7 @@ def _positive_int(name, value):
     return check_number(name, value, lambda v: v > 0, "a positive integer", cast=int)
 
 
-class LearningRateSchedule:
+class LearningRateSchedule(Configurable):
     """Base class: a subclass stores its constructor kwargs as attributes and lists them in ``get_config``."""
 
     def __init_subclass__(cls, **kwargs):
@@ -45,17 +45,6 @@ class LearningRateSchedule:
 
     def __call__(self, step):
         raise NotImplementedError
-
-    def get_config(self):
-        raise NotImplementedError
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 class StepDecay(LearningRateSchedule):

@@ -161,8 +161,22 @@ class SimpleRNN(_Recurrent):
         return self._input_grads(da)
 
 
+class _Gated(_Recurrent):
+    """What LSTM and GRU add to a recurrent layer: gates through ``recurrent_activation``."""
+
+    def _gate_activation(self, recurrent_activation):
+        self.recurrent_activation_name = recurrent_activation
+        self.recurrent_activation = activations.get(recurrent_activation)
+
+    def sublayers(self):
+        return [self.activation, self.recurrent_activation]
+
+    def get_config(self):
+        return {**super().get_config(), "recurrent_activation": self.recurrent_activation_name}
+
+
 @register
-class LSTM(_Recurrent):
+class LSTM(_Gated):
     """Keras LSTM. Gates i, f, c, o: i = ra(z_i), f = ra(z_f), o = ra(z_o), g = act(z_c) with
     z = x_t @ kernel + h_{t-1} @ recurrent_kernel + bias; c_t = f * c_{t-1} + i * g; h_t = o * act(c_t).
 
@@ -177,12 +191,8 @@ class LSTM(_Recurrent):
                  unit_forget_bias=True, return_sequences=False, go_backwards=False, name=None):
         super().__init__(units, activation, use_bias, kernel_initializer, recurrent_initializer, bias_initializer,
                          return_sequences, go_backwards, name)
-        self.recurrent_activation_name = recurrent_activation
-        self.recurrent_activation = activations.get(recurrent_activation)
+        self._gate_activation(recurrent_activation)
         self.unit_forget_bias = _bool(unit_forget_bias, "unit_forget_bias")
-
-    def sublayers(self):
-        return [self.activation, self.recurrent_activation]
 
     def _bias_init(self):
         return _forget_bias(self.bias_initializer, self.units) if self.unit_forget_bias else self.bias_initializer
@@ -236,12 +246,11 @@ class LSTM(_Recurrent):
         return self._input_grads(dz)
 
     def get_config(self):
-        return {**super().get_config(), "recurrent_activation": self.recurrent_activation_name,
-                "unit_forget_bias": self.unit_forget_bias}
+        return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
 
 
 @register
-class GRU(_Recurrent):
+class GRU(_Gated):
     """Keras GRU. Gates z, r, h: z = ra(x_z + h_{t-1} U_z), r = ra(x_r + h_{t-1} U_r) and
     h_t = z * h_{t-1} + (1 - z) * hh, where x_* = x_t @ kernel_* (+ input bias) and
 
@@ -257,12 +266,8 @@ class GRU(_Recurrent):
                  reset_after=True, return_sequences=False, go_backwards=False, name=None):
         super().__init__(units, activation, use_bias, kernel_initializer, recurrent_initializer, bias_initializer,
                          return_sequences, go_backwards, name)
-        self.recurrent_activation_name = recurrent_activation
-        self.recurrent_activation = activations.get(recurrent_activation)
+        self._gate_activation(recurrent_activation)
         self.reset_after = _bool(reset_after, "reset_after")
-
-    def sublayers(self):
-        return [self.activation, self.recurrent_activation]
 
     def _bias_shape(self):
         return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
@@ -346,5 +351,4 @@ class GRU(_Recurrent):
         return self._input_grads(dz)
 
     def get_config(self):
-        return {**super().get_config(), "recurrent_activation": self.recurrent_activation_name,
-                "reset_after": self.reset_after}
+        return {**super().get_config(), "reset_after": self.reset_after}

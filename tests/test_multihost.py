@@ -84,12 +84,15 @@ def train(cluster, tmp_path, epochs, extra_args=(), on_line=None, mode="barrier"
                     env={"TMPDIR": driver_tmp} if driver_tmp else None)
     if status:
         return output
-    return json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["startup"] = next((ln.strip() for ln in output.splitlines() if ln.startswith("start-up:")), None)
+    return metrics
 
 
 def test_a_barrier_fit_averages_across_three_hosts(cluster, hosts, tmp_path):
     metrics = train(cluster, tmp_path, epochs=8, extra_args=["--averaging-frequency", "4"])
     placement, stats = metrics["placement"], metrics["stats"]
+    log(metrics["startup"])
     log(f"3 hosts: test accuracy {metrics['test']['accuracy']:.4f}, groups {placement['groups']}, hosts "
         f"{placement['hosts']}, driver bytes per round: control {stats['driver_control_bytes_per_round']:.0f} "
         f"(max {stats['driver_control_bytes_max']}), timing records {stats['driver_stats_bytes_per_round']:.0f}, "

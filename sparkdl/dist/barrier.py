@@ -210,11 +210,15 @@ def worker_main(ctx, spec, x, y, read_s=0.0, started=None):
               "port": listener.getsockname()[1]}
         infos = [json.loads(m) for m in ctx.all_gather(json.dumps(me))]
         share = spec["shared_memory"] and not device and shm.ORDERED_STORES
-        local = Topology(infos, share).group_of[ctx.rank]
+        tentative = Topology(infos, share)
+        local = tentative.group_of[ctx.rank]
         if len(local) > 1 and local[0] == ctx.rank:
             group = HostGroup.create(len(local), size, model.dtype, tally.width)
-        offers = [json.loads(m) if m else None
-                  for m in ctx.all_gather(json.dumps(group.offer()) if group is not None else "")]
+        if any(len(g) > 1 for g in tentative.groups):   # some host shares memory: its leader's offer goes round
+            offers = [json.loads(m) if m else None
+                      for m in ctx.all_gather(json.dumps(group.offer()) if group is not None else "")]
+        else:   # every worker alone on its host (or no shared memory): nothing to offer, and a rendezvous less
+            offers = [None] * len(infos)   # (Spark's allGather takes a second)
         topo = Topology(infos, share, offers)
         local = topo.group_of[ctx.rank]
         if len(local) > 1 and group is None:

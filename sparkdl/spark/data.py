@@ -239,16 +239,19 @@ def partition_to_numpy(batches, n_features, label_dtype, input_shape=None, budge
     return spiller.finish(input_shape or (n_features,), order)
 
 
+def float_lists(x):
+    """An Arrow list<float> column of the rows of ``x`` (each row flattened), built without per-row Python."""
+    x = np.ascontiguousarray(x, np.float32).reshape(len(x), -1)
+    n, d = x.shape
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, n * d + 1, d, dtype=np.int32)), pa.array(x.reshape(-1)))
+
+
 def numpy_to_dataframe(spark, x, y, directory, features_col="features", label_col="label"):
     """Write (x, y) as Parquet (features as array<float>) under ``directory`` and read it back as a
     DataFrame: how a built-in dataset meets Spark the way users' data does."""
     import os
     import pyarrow.parquet as pq
-    x = np.ascontiguousarray(x, np.float32).reshape(len(x), -1)
-    n, d = x.shape
-    offsets = pa.array(np.arange(0, n * d + 1, d, dtype=np.int32))
-    table = pa.table({features_col: pa.ListArray.from_arrays(offsets, pa.array(x.reshape(-1))),
-                      label_col: pa.array(np.asarray(y))})
+    table = pa.table({features_col: float_lists(x), label_col: pa.array(np.asarray(y))})
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "part-0.parquet")
     pq.write_table(table, path)

@@ -62,9 +62,8 @@ def _frame(spark, parts, bounds, records, features_col, label_col, with_labels=T
 
 def _batch(x, y, schema):
     import pyarrow as pa
-    count, size = x.shape[0], int(np.prod(x.shape[1:]))
-    columns = [pa.ListArray.from_arrays(pa.array(np.arange(0, count * size + 1, size, dtype=np.int32)),
-                                        np.ascontiguousarray(x, np.float32).reshape(-1))]
+    from .data import float_lists
+    columns = [float_lists(x)]
     if y is not None:
         columns.append(pa.array(np.asarray(y, np.int64)))
     return pa.RecordBatch.from_arrays(columns, schema=schema)

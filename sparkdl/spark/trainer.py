@@ -212,16 +212,11 @@ class SparkTrainer:
                     probs = np.asarray(m.probabilities(out), np.float32).reshape(len(x), -1)
                     if kind == "binary" and probs.shape[1] == 1:
                         probs = np.concatenate([1 - probs, probs], axis=1)
-                    flat = pa.array(probs.reshape(-1), pa.float32())
-                    cols += [pa.ListArray.from_arrays(pa.array(np.arange(0, probs.size + 1, probs.shape[1],
-                                                                         dtype=np.int32)), flat),
-                             pa.array(probs.argmax(axis=1).astype(np.int32))]
+                    cols += [data.float_lists(probs), pa.array(probs.argmax(axis=1).astype(np.int32))]
                 elif n_out == 1:
                     cols.append(pa.array(out.reshape(-1).astype(np.float64)))
                 else:
-                    out = out.reshape(len(x), -1).astype(np.float32)
-                    cols.append(pa.ListArray.from_arrays(
-                        pa.array(np.arange(0, out.size + 1, out.shape[1], dtype=np.int32)), pa.array(out.reshape(-1))))
+                    cols.append(data.float_lists(out))
                 yield pa.record_batch(cols, names=names + [f.name for f in fields[len(names):]])
 
         return prepared.mapInArrow(run, schema)

@@ -215,11 +215,11 @@ def guess_format(path, fmt=None):
 
 
 def read_data(spark, path, fmt=None, features_col=None, label_col="label", split="train", num_features=None,
-              need_labels=True):
+              need_labels=True, num_partitions=None):
     """(DataFrame, features column, image shape or None) from a path or URI in any supported format.
 
-    IDX files are read by the executors (sparkdl.spark.readers): on a cluster they must be where every host reads
-    them (HDFS, S3, a shared mount)."""
+    IDX files are read by the executors (sparkdl.spark.readers), by ``num_partitions`` tasks (default: the default
+    parallelism): on a cluster they must be where every host reads them (HDFS, S3, a shared mount)."""
     fmt = guess_format(path, fmt)
     if fmt == "idx":
         features_col = features_col or "features"
@@ -227,7 +227,7 @@ def read_data(spark, path, fmt=None, features_col=None, label_col="label", split
             raise JobError(f"IDX data has one features column; --features-col must be one name. "
                            f"Received: {features_col!r}")
         images, labels = idx_paths(path, split, need_labels)
-        df, shape = idx_frame(spark, images, labels, features_col, label_col)
+        df, shape = idx_frame(spark, images, labels, features_col, label_col, num_partitions)
         return df, features_col, shape
     if fmt == "csv":
         df = spark.read.option("header", True).option("inferSchema", True).csv(path)
@@ -282,11 +282,11 @@ def idx_paths(path, split="train", need_labels=True):
     return path, None
 
 
-def idx_frame(spark, images, labels, features_col="features", label_col="label"):
+def idx_frame(spark, images, labels, features_col="features", label_col="label", num_partitions=None):
     """(DataFrame, image shape) of IDX files, read by the executors; a bad file is a JobError."""
     from sparkdl.spark.readers import read_idx
     try:
-        return read_idx(spark, images, labels, features_col, label_col)
+        return read_idx(spark, images, labels, features_col, label_col, num_partitions)
     except (ValueError, FileNotFoundError) as e:
         raise JobError(str(e)) from None
 
@@ -303,17 +303,17 @@ def _exists(path):
     return fs.exists(path)
 
 
-def builtin_frame(spark, name, split, features_col="features", label_col="label", seed=0):
-    """(DataFrame, image shape) of a built-in dataset's split, read by the executors: 'digits' (bundled) or
-    'mnist' (the IDX files in $SPARKDL_MNIST_DIR)."""
+def builtin_frame(spark, name, split, features_col="features", label_col="label", seed=0, num_partitions=None):
+    """(DataFrame, image shape) of a built-in dataset's split, read by the executors (``num_partitions`` tasks;
+    default: the default parallelism): 'digits' (bundled) or 'mnist' (the IDX files in $SPARKDL_MNIST_DIR)."""
     from sparkdl import datasets
     if name == "digits":
         from sparkdl.spark.readers import read_digits
-        return read_digits(spark, split, seed, features_col, label_col)
+        return read_digits(spark, split, seed, features_col, label_col, num_partitions)
     directory = datasets.default_mnist_dir()
     if directory is None:
         raise JobError("--data mnist reads the MNIST IDX files in $SPARKDL_MNIST_DIR, which is not set")
-    return idx_frame(spark, *idx_paths(directory, split), features_col, label_col)
+    return idx_frame(spark, *idx_paths(directory, split), features_col, label_col, num_partitions)
 
 
 def read_for_model(args, spark, model, need_labels=True):

@@ -136,20 +136,24 @@ def build_model(cfg, spec, input_shape):
 
 
 def load_data(cfg, spark):
-    """(train DataFrame, test DataFrame, features column, image shape or None)."""
+    """(train DataFrame, test DataFrame, features column, image shape or None). Data the executors read
+    themselves (built-in, IDX) comes in one partition per worker where --num-workers is given: the fit then uses
+    the partitions as they are (no shuffle), and the same rows go to the same workers however many executors had
+    registered when the data was read (the default parallelism counts only those)."""
+    parts = cfg.num_workers
     if cfg.data in common.BUILTIN_DATA:
         features_col = cfg.features_col or "features"
-        (train, shape), (test, _) = (common.builtin_frame(spark, cfg.data, split, features_col, cfg.label_col, cfg.seed)
-                                     for split in ("train", "test"))
+        (train, shape), (test, _) = (common.builtin_frame(spark, cfg.data, split, features_col, cfg.label_col, cfg.seed,
+                                                          parts) for split in ("train", "test"))
         return train, test, features_col, shape
     fmt = common.guess_format(cfg.data, cfg.data_format)
     train, features_col, shape = common.read_data(spark, cfg.data, fmt, cfg.features_col, cfg.label_col, "train",
-                                                  cfg.num_features)
+                                                  cfg.num_features, num_partitions=parts)
     num_features = cfg.num_features or (common.libsvm_size(train, features_col) if fmt == "libsvm" else None)
     if cfg.test_data:
         test = common.read_data(spark, cfg.test_data, fmt, features_col, cfg.label_col, "test", num_features)[0]
     elif fmt == "idx" and common.is_local(cfg.data) and os.path.isdir(cfg.data):
-        test = common.read_data(spark, cfg.data, fmt, features_col, cfg.label_col, "test")[0]
+        test = common.read_data(spark, cfg.data, fmt, features_col, cfg.label_col, "test", num_partitions=parts)[0]
     else:
         train, test = train.randomSplit([1 - cfg.test_fraction, cfg.test_fraction], seed=cfg.seed)
     return train, test, features_col, shape

@@ -301,3 +301,15 @@ def test_train_on_libsvm_reads_the_test_file_at_the_training_width(data, capsys,
     widest = max(int(item.split(":")[0]) for line in open(data["test.libsvm"]) for item in line.split()[1:])
     from sparkdl import load_model
     assert load_model(str(tmp_path / "model.npz")).input_shape == (widest,)
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("source", ["digits", "mnist"])
+def test_data_the_executors_read_comes_in_one_partition_per_worker(spark, data, source):
+    # the fit then needs no shuffle, and the rows each worker trains on do not depend on how many executors had
+    # registered when the data was read (a standalone cluster's default parallelism counts only those)
+    train = job("train")
+    path = "digits" if source == "digits" else data["mnist"]
+    for workers, expected in ((3, 3), (None, spark.sparkContext.defaultParallelism)):
+        tr, te, _, _ = train.load_data(train.TrainConfig(data=path, num_workers=workers), spark)
+        assert (tr.rdd.getNumPartitions(), te.rdd.getNumPartitions()) == (expected, expected), (source, workers)

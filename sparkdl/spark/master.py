@@ -18,8 +18,8 @@ class ParameterAveraging(Options):
         """(workers, the DataFrame they train on, one partition each). A repartition's rows come in the order the
         shuffle delivered them, which differs between runs: each row carries the position it had before the
         shuffle (data.ORDER, its partition and place in it), by which each worker orders its rows once loaded, so
-        two identical fits visit the same minibatches on any cluster. Partitions used as they are keep their
-        order."""
+        two identical fits of the same DataFrame (the same partitions) visit the same minibatches on any cluster.
+        Partitions used as they are keep their order."""
         from pyspark.sql import functions as F
         from .data import ORDER
         sc = df.sparkSession.sparkContext

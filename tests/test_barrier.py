@@ -104,11 +104,11 @@ def test_round_checkpoints_of_a_shared_memory_fit_hold_that_rounds_average(data,
 
 
 def test_unauthenticated_connections_are_refused_and_do_not_disturb_the_fit(data, monkeypatch):
-    from sparkdl.dist import barrier, wire
+    from sparkdl.dist import driver, wire
     df, xte, yte = data
     intruders = []
 
-    class Attacked(barrier.ControlServer):
+    class Attacked(driver.ControlServer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             wrong = socket.create_connection((self.host, self.port))
@@ -120,7 +120,7 @@ def test_unauthenticated_connections_are_refused_and_do_not_disturb_the_fit(data
             wire.send(forged, {"type": "hello", "worker": 0, "attempt": 10 ** 9, "rows": 1})  # no handshake
             intruders.extend([wrong, garbage, forged])
 
-    monkeypatch.setattr(barrier, "ControlServer", Attacked)
+    monkeypatch.setattr(driver, "ControlServer", Attacked)
     attacked, history = fit(df, "barrier")
     monkeypatch.undo()
     clean, _ = fit(df, "barrier")

@@ -1,5 +1,5 @@
 """Example-weighted parameter averaging as jobs mode merges it (Contribution), and the Tally of a round's numbers
-that barrier workers add up on the way (sparkdl.dist.host and sparkdl.dist.ring do their averaging in place).
+that barrier workers add up on the way (sparkdl.dist.host and sparkdl.dist.mesh do their averaging in place).
 
 A worker's contribution is ``n * params`` (and ``n * state``, ``n * optimizer state``) with ``n`` the number of
 examples it fitted in the round; contributions add up (so they merge in any tree order), and the average is
@@ -77,7 +77,7 @@ def add(total, result):
 
 
 class Tally:
-    """A round's numbers as one float64 row, so that workers can add them up on the way (host group, ring) and
+    """A round's numbers as one float64 row, so that workers can add them up on the way (host group, mesh) and
     the driver hears one row per round whatever the number of workers: examples, loss sum, metric partial sums
     (summed); steps and the slowest worker's fitting time (max); the fitting time over all workers (summed).
     The layout of the metric partials is read off the model's metrics once (``Tally(model)``)."""

@@ -19,64 +19,22 @@ other member with its contributions, so that every member ends with every member
 Connections are authenticated both ways with the per-fit secret and bound to one attempt of the fit (a token
 every member of the attempt computes from the rendezvous); a peer that does not hold both is refused. A member
 that stops answering or closes its connection makes the others fail at once with an error naming it.
+
+The connections are set up in sparkdl.dist.handshake, the receiving thread lives in sparkdl.dist.ahead.
 """
-import hashlib
-import hmac
 import os
-import queue
 import select
-import socket
-import struct
-import threading
 import time
 
 import numpy as np
 
+from .ahead import _Ahead, _Receiver, _Stream
+from .handshake import PeerLost, _offer, _recv_exact, connect_all
+
+__all__ = ["Mesh", "PeerLost", "bounds", "segments", "_offer", "_recv_exact"]
+
 _NAP_S = 0.05   # longest single wait in poll: between two, the driver's connection and the deadline are checked
-_SOCKET_BUFFER = 4 << 20
-_HANDSHAKE_S = 5.0   # longest a handshake may take (a silent connection holds the accept loop this long)
 _SEGMENT = 4 << 20   # bytes: a chunk moves in segments of at most this size (one send() each)
-
-
-class PeerLost(ConnectionError):
-    pass
-
-
-def _mac(secret, *parts):
-    return hmac.new(secret, b"|".join(parts), hashlib.sha256).digest()
-
-
-def _recv_exact(sock, n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("connection closed during the handshake")
-        buf += chunk
-    return bytes(buf)
-
-
-def _offer(sock, secret, token, rank):
-    """Connecting side: prove the secret, the attempt token and our rank; check the other side proves them too."""
-    nonce = _recv_exact(sock, 32)
-    mine = os.urandom(32)
-    sock.sendall(_mac(secret, b"mesh-connect", nonce, token, struct.pack("<i", rank)) + struct.pack("<i", rank) + mine)
-    if not hmac.compare_digest(_recv_exact(sock, 32), _mac(secret, b"mesh-accept", mine, token)):
-        raise PeerLost("the member failed the handshake (not this fit's secret or attempt)")
-
-
-def _check(sock, secret, token, expected):
-    """Accepting side: the rank the peer proved (with the secret and the token), if it is one of ``expected``;
-    else None."""
-    nonce = os.urandom(32)
-    sock.sendall(nonce)
-    answer = _recv_exact(sock, 68)
-    (rank,) = struct.unpack("<i", answer[32:36])
-    if rank not in expected or not hmac.compare_digest(
-            answer[:32], _mac(secret, b"mesh-connect", nonce, token, struct.pack("<i", rank))):
-        return None
-    sock.sendall(_mac(secret, b"mesh-accept", answer[36:], token))
-    return rank
 
 
 def bounds(k, size, n):
@@ -89,134 +47,6 @@ def segments(lo, hi, itemsize):
     n = hi - lo
     g = max(1, -(-n * itemsize // _SEGMENT))
     return [(lo + i * n // g, lo + (i + 1) * n // g) for i in range(g)]
-
-
-class _Stream:
-    """The arrays still to move through one socket in one direction, as byte views (the first one partly moved);
-    ``done`` counts the arrays queued so far that have moved completely."""
-
-    def __init__(self, arrays=()):
-        self.views, self.queued, self.done = [], 0, 0
-        self.queue(arrays)
-
-    def queue(self, arrays):
-        for a in arrays:
-            view = memoryview(a).cast("B")
-            if view.nbytes:
-                self.views.append((view, self.queued))
-            self.queued += 1
-        self._settle()
-
-    def advance(self, n):
-        view, index = self.views[0]
-        if n < view.nbytes:
-            self.views[0] = (view[n:], index)
-        else:
-            self.views.pop(0)
-            self._settle()
-
-    def _settle(self):
-        self.done = self.views[0][1] if self.views else self.queued
-
-
-class _Cancelled(Exception):
-    pass
-
-
-class _Ahead:
-    """The other members' contributions to one member's chunk for one all-reduce, with their tally rows: received by
-    the member's receiving thread, which adds up every segment (in member order) as soon as all of them have it."""
-
-    def __init__(self, mesh, n, dtype, width, terms, tallies):
-        self.key, self.terms, self.tallies, self.peers = (n, np.dtype(dtype), width), terms, tallies, mesh.peers
-        lo, hi = mesh.owned(n)
-        self.segments = [(a - lo, b - lo) for a, b in segments(lo, hi, np.dtype(dtype).itemsize)]
-        self.pending = {p: _Stream([tallies[p]] + [terms[p][a:b] for a, b in self.segments]) for p in mesh.peers}
-        self.summed = 0   # segments added up so far (read by the member's thread)
-        self.error, self.received, self.done, self.cancelled = None, 0, threading.Event(), False
-
-    def check(self):
-        if self.cancelled:
-            raise _Cancelled()
-
-    def progress(self, ins, outs):
-        """Add up the segments every peer has sent; True when one was."""
-        before = self.summed
-        while self.summed < len(self.segments) and all(s.done >= 2 + self.summed for s in self.pending.values()):
-            a, b = self.segments[self.summed]
-            first = self.terms[self.peers[0]][a:b]
-            for p in self.peers[1:]:
-                np.add(first, self.terms[p][a:b], out=first)
-            self.summed += 1
-        return self.summed > before
-
-    def finished(self, p):
-        """Whether all of peer p's contribution is in (what p sends next belongs to the all-gather)."""
-        return not self.pending[p].views
-
-    def sum(self, a, b):
-        """Segment [a, b) (relative to the chunk) of the others' contributions, added up in member order."""
-        return self.terms[self.peers[0]][a:b]
-
-    def missing(self, names):
-        return next((names[p] for p, stream in self.pending.items() if stream.views), "?")
-
-
-class _Receiver:
-    """A member's thread that receives ahead: the contributions for its next all-reduce come in (and are added up)
-    while it still computes its own; on a host with a core to spare they are all in when it gets there."""
-
-    def __init__(self, mesh):
-        self.mesh, self.jobs = mesh, queue.SimpleQueue()
-        self.wake_r, self.wake_w = os.pipe()      # cuts a wait in poll short: a job was cancelled, or closing
-        os.set_blocking(self.wake_r, False)
-        self.thread = threading.Thread(target=self._run, name="sparkdl-mesh-receive", daemon=True)
-        self.thread.start()
-
-    def submit(self, job):
-        self.jobs.put(job)
-
-    def _run(self):
-        poll = select.poll()
-        poll.register(self.wake_r, select.POLLIN)
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            try:
-                job.check()
-
-                def progress(ins, outs):
-                    if job.progress(ins, outs):
-                        self.mesh._signal_progress()
-
-                job.received = self.mesh._pump({}, job.pending, None, job.check, poll, progress)[1]
-            except BaseException as e:   # handed to the member's thread, which raises it
-                job.error = e
-            finally:
-                job.done.set()
-                self.mesh._signal_progress()
-
-    def cancel(self, job):
-        job.cancelled = True
-        os.write(self.wake_w, b"!")
-        job.done.wait()
-        try:
-            os.read(self.wake_r, 64)
-        except BlockingIOError:
-            pass
-
-    def close(self):
-        self.jobs.put(None)
-        os.write(self.wake_w, b"!")
-        self.thread.join()
-        os.close(self.wake_r)
-        os.close(self.wake_w)
-
-
-def bounds(k, size, n):
-    """Chunk k of a buffer of n elements cut into ``size`` chunks; member k owns it."""
-    return k * n // size, (k + 1) * n // size
 
 
 class Mesh:
@@ -240,62 +70,9 @@ class Mesh:
     def connect(cls, rank, addresses, listener, secret, token, names, timeout=600.0, control=None):
         """Connect member ``rank`` to every member after it (``addresses[k]`` = (host, port)) and accept every
         member before it on ``listener``; refused connections are counted in ``mesh.refused``."""
-        size = len(addresses)
-        expected = set(range(rank))
-        accepted, failure, refused = {}, [], [0]
-        deadline = time.monotonic() + timeout
-        stop = threading.Event()
-
-        def accept():
-            try:
-                while len(accepted) < len(expected) and not stop.is_set():
-                    listener.settimeout(min(max(deadline - time.monotonic(), 0.001), 0.1))
-                    try:
-                        conn, _ = listener.accept()
-                    except socket.timeout:
-                        if time.monotonic() < deadline:
-                            continue
-                        raise
-                    conn.settimeout(min(_HANDSHAKE_S, max(deadline - time.monotonic(), 0.001)))
-                    try:
-                        k = _check(conn, secret, token, expected - set(accepted))
-                        if k is not None:
-                            conn.settimeout(None)
-                            accepted[k] = conn
-                            continue
-                    except (OSError, ConnectionError, struct.error):
-                        pass
-                    refused[0] += 1
-                    conn.close()
-            except OSError as e:
-                failure.append(e)
-
-        thread = threading.Thread(target=accept, name="sparkdl-mesh-accept", daemon=True)
-        thread.start()
-        connected = {}
-        try:
-            for k in range(rank + 1, size):
-                connected[k] = _connect_to(k, addresses[k], names[k], secret, token, rank, deadline, timeout)
-            thread.join(max(deadline - time.monotonic(), 0.001))
-            if len(accepted) < len(expected):
-                missing = ", ".join(names[k] for k in sorted(expected - set(accepted)))
-                raise PeerLost(f"mesh member(s) {missing} did not connect within {timeout:.3g} s"
-                               + (f": {failure[0]}" if failure else ""))
-        except BaseException:
-            stop.set()
-            thread.join(_HANDSHAKE_S + 1)
-            for sock in list(connected.values()) + list(accepted.values()):
-                sock.close()
-            raise
-        socks = {**accepted, **connected}
-        for s in socks.values():
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # room for a whole chunk in flight: one send() per chunk instead of dozens (2.2 -> 1.2 ms for an
-            # all-reduce of 2.8 MB between two processes on loopback); the kernel caps it at net.core.*mem_max
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
-        mesh = cls(rank, size, socks, names, timeout, control)
-        mesh.refused = refused[0]
+        socks, refused = connect_all(rank, addresses, listener, secret, token, names, timeout)
+        mesh = cls(rank, len(addresses), socks, names, timeout, control)
+        mesh.refused = refused
         return mesh
 
     def owned(self, n):
@@ -313,7 +90,8 @@ class Mesh:
             self._arrays = key, np.empty((self.size, hi - lo), dtype), np.empty((self.size, width), np.float64)
         if self._receiver is None:
             self._receiver = _Receiver(self)
-        self._ahead = _Ahead(self, n, dtype, width, *self._arrays[1:])
+        self._ahead = _Ahead(self, n, dtype, width, segments(*self.owned(n), np.dtype(dtype).itemsize),
+                             *self._arrays[1:])
         self._receiver.submit(self._ahead)
 
     def allreduce(self, buf, tally):
@@ -471,26 +249,3 @@ class Mesh:
                 os.close(fd)
             except OSError:
                 pass
-
-
-def _connect_to(k, address, name, secret, token, rank, deadline, timeout):
-    """A connection to member k that passed the handshake, retried until ``deadline`` while k is not listening."""
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise PeerLost(f"mesh member {name} at {address} did not accept within {timeout:.3g} s")
-        try:
-            sock = socket.create_connection(address, timeout=max(min(_HANDSHAKE_S, left), 0.001))
-        except OSError:   # not listening yet: try again until the deadline
-            time.sleep(0.05)
-            continue
-        try:
-            _offer(sock, secret, token, rank)
-        except socket.timeout:   # connected, but the member is not accepting yet
-            sock.close()
-            continue
-        except (OSError, ConnectionError) as e:   # a refused or failed proof is final
-            sock.close()
-            raise PeerLost(f"mesh member {name} at {address} failed the handshake: {e}") from None
-        sock.settimeout(None)
-        return sock

@@ -1,23 +1,22 @@
 """The driver's side of one distributed fit, shared by every master and Spark-free: what to ship, the round
 schedule, how an averaged round is applied (history, stats, callbacks, progress), resume and roll-back."""
-import contextlib
 import json
 import logging
 import math
-import signal
-import threading
 import time
 
 import numpy as np
 
 from ..backend import to_numpy
-from ..errors import FitInterrupted
 from ..train.callbacks import CallbackList, History
 from ..train.progress import Progress
 from ..train import stats as stats_mod
 from ..train.stats import TrainingStats
 from . import schedule
 from .averaging import Contribution
+from .stopping import Stoppable, stop_on_signals
+
+__all__ = ["FitRun", "label_dtype", "stop_on_signals"]
 
 log = logging.getLogger("sparkdl")
 
@@ -27,7 +26,7 @@ def label_dtype(loss_kind, dtype=np.float32):
     return np.int32 if loss_kind == "multiclass" else np.dtype(dtype).type
 
 
-class FitRun:
+class FitRun(Stoppable):
     """Driver-side state of one fit, shared by both modes: what to ship, how to apply an averaged round,
     history, stats, callbacks, progress, resume."""
 
@@ -136,35 +135,7 @@ class FitRun:
                     self.stopped = True
                     return
 
-    # -- stopping on a signal -------------------------------------------------------------------------------------
-    def request_stop(self, name):
-        """Stop the fit (from a signal handler): what runs is cancelled by the masters' ``stoppers``, in a thread
-        of their own (they may talk to Spark, which the interrupted thread may be doing), and the round loop stops
-        before its next round."""
-        if self.stop_signal is not None:
-            return
-        self.stop_signal = name
-
-        def stop():
-            for stopper in list(self.stoppers):
-                try:
-                    stopper()
-                except Exception as e:   # stopping what already ended
-                    log.debug("sparkdl: stopping: %s", e)
-        threading.Thread(target=stop, name="sparkdl-stop", daemon=True).start()
-
-    def check_stop(self):
-        if self.stop_signal is not None:
-            raise self.interrupted()
-
-    def interrupted(self):
-        """The FitInterrupted that says where the fit stopped."""
-        if self.rounds_per_epoch is None:   # before the schedule was settled (the data was being prepared)
-            return FitInterrupted(self.stop_signal, 0, 0, 0, self.synced + 1)
-        g = max(self.next_round - 1, self.resume_round)   # the round running (or about to)
-        return FitInterrupted(self.stop_signal, g // self.rounds_per_epoch + 1, g + 1,
-                              self.epochs * self.rounds_per_epoch, self.synced + 1)
-
+    # -- roll-back, and what the workers start from ---------------------------------------------------------
     def rollback(self, g):
         """Go back to round g (whose average the model holds): the rounds after it are forgotten (history, stats,
         the epoch's sums) and run again."""
@@ -293,25 +264,3 @@ class FitRun:
     def finish(self):
         self.callbacks.on_train_end()
         return self.history
-
-
-@contextlib.contextmanager
-def stop_on_signals(run, signals=(signal.SIGINT, signal.SIGTERM)):
-    """While the block runs (in the main thread), SIGINT (Ctrl-C) and SIGTERM stop ``run`` instead of killing the
-    process or raising inside a Spark call: its jobs are cancelled, its workers aborted, and the caller raises
-    ``run.interrupted()`` once they have ended. The previous handlers come back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.getsignal(s) for s in signals}
-
-    def handler(signum, frame):
-        run.request_stop(signal.Signals(signum).name)
-
-    for s in signals:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))   # simhosts.py
 
 from sparkdl import datasets  # noqa: E402
-from sparkdl.dist import master as masters  # noqa: E402
+from sparkdl.dist import modes as masters  # noqa: E402
 from sparkdl.dist.options import Options  # noqa: E402
 from sparkdl.dist.procs import ProcessLauncher  # noqa: E402
 from sparkdl.dist.run import FitRun  # noqa: E402

@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (beside this file; on YARN cluster mode ship it with --py-files jobs/common.py)
-from sparkdl.dist.master import choices  # noqa: E402
+from sparkdl.dist.modes import choices  # noqa: E402
 from sparkdl.errors import DataError  # noqa: E402
 
 PROG = "jobs/train.py"

@@ -2,5 +2,6 @@
 from .errors import DataError, FitInterrupted
 from .io import load_model, save_model
 from .nn import Sequential
+from .version import __version__
 
-__version__ = "0.1.0"
+__all__ = ["DataError", "FitInterrupted", "Sequential", "__version__", "load_model", "save_model"]

@@ -18,6 +18,11 @@ import tempfile
 
 import numpy as np
 
+from . import io
+from .nn import Sequential, layer_from_config, layer_to_config
+from .nn.graph import GraphModel
+from .nn.layer import Input, registered
+
 TOL = 1e-6
 
 
@@ -99,8 +104,6 @@ def _check(condition, layer, message):
 
 def _model(layer, input_shape, dtype, seed):
     """A model of the one layer: Sequential, or a GraphModel over named inputs for a merging layer."""
-    from .nn import Sequential
-    from .nn.graph import GraphModel, Input
     if isinstance(input_shape, list):
         inputs = [Input(tuple(s), name=f"in{i}") for i, s in enumerate(input_shape)]
         return GraphModel(inputs, layer(inputs), dtype=dtype, seed=seed).build()
@@ -112,8 +115,6 @@ def check_layer(layer, input_shape, batch=3, input_kind="float", training=False,
     """Run every check above on a fresh, unbuilt ``layer`` fed ``batch`` examples of ``input_shape`` (a list of
     shapes for a merging layer), in training mode if ``training`` (a random layer draws the same numbers at
     every pass). Returns the float64 model, for further checks."""
-    from . import io
-    from .nn import layer_from_config, layer_to_config
     config = layer_to_config(layer)
     _check(json.loads(json.dumps(config)) == config, layer, f"get_config() is not plain JSON: {config!r}")
     _check(layer_to_config(layer_from_config(config)) == config, layer, "a layer rebuilt from its config differs")
@@ -160,7 +161,6 @@ def check_layer(layer, input_shape, batch=3, input_kind="float", training=False,
 def check_registered_layers(names=None):
     """``check_layer`` on every example of every registered layer class (or of those ``names``); returns the
     number of examples checked. A registered class that declares no examples fails."""
-    from .nn.layer import registered
     done = 0
     for name, cls in sorted(registered().items()):
         if names is not None and name not in names:

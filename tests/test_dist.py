@@ -11,7 +11,7 @@ import pytest
 
 from sparkdl import optim
 from sparkdl.datasets import load_digits
-from sparkdl.dist import master as masters
+from sparkdl.dist import modes as masters
 from sparkdl.dist import schedule
 from sparkdl.dist.averaging import Contribution
 from sparkdl.dist.options import Options

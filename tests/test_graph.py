@@ -8,7 +8,9 @@ import pytest
 from sparkdl.testing import TOL, gradient_check, numeric_grad, rel_error
 from sparkdl import io, optim
 from sparkdl.nn import Activation, Dense, Flatten, Sequential
-from sparkdl.nn.graph import Add, Concatenate, GraphModel, Input, InputBatch, Tensor
+from sparkdl.nn.graph import GraphModel, InputBatch
+from sparkdl.nn.layer import Input, Tensor
+from sparkdl.nn.merge import Add, Concatenate
 from sparkdl.nn.model import model_from_config
 from sparkdl.nn.normalization import BatchNormalization, LayerNormalization
 

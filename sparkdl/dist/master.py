@@ -1,6 +1,5 @@
 """The training masters' interface and their registry: ``ParameterAveraging(mode=...)`` picks the master
-registered under that mode, and the mode lists of the API, the pyspark.ml Params and the jobs' arguments are
-read from here (``modes()``).
+registered under that mode (``sparkdl.dist.modes``, which imports every master module, lists and picks them).
 
 A master gets the fit's options (a ParameterAveraging: plain values), the driver's ``FitRun`` (sparkdl.dist.run)
 and a launcher, the Spark-side object that runs its tasks (sparkdl.spark: ``num_workers``, ``driver_host``,
@@ -24,19 +23,3 @@ class Master:
 
 def register(cls):
     return MASTERS.register(cls, cls.mode)
-
-
-def modes():
-    from . import barrier, jobs  # noqa: F401  (registering)
-    return tuple(sorted(MASTERS, key=lambda m: MASTERS[m].order))
-
-
-def choices():
-    """What ``mode`` may be: "auto" or a registered master."""
-    return (AUTO,) + modes()
-
-
-def get(mode):
-    if mode not in modes():
-        raise ValueError(f"mode must be one of {modes()}. Received: mode={mode!r}")
-    return MASTERS[mode]()

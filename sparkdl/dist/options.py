@@ -2,7 +2,7 @@
 sparkdl.spark.ParameterAveraging is these options plus what needs Spark."""
 import numpy as np
 
-from . import master as masters
+from . import modes as masters
 from .wire import parse_ports
 
 REPARTITION = ("always", "never", "auto")

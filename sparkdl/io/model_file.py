@@ -1,7 +1,7 @@
-"""Model files: one ``.npz`` (``allow_pickle=False``) holding the JSON config, the flat params, the flat layer
-state, the compile settings and the optimizer state, with a format version. A model file is data: loading it
-never runs code nor unpacks more than the model its config declares, and a truncated, tampered or foreign file
-gives a ValueError that says what is wrong.
+"""Reading model files (written by sparkdl.nn.saving: one ``.npz``, ``allow_pickle=False``, holding the JSON
+config, the flat params, the flat layer state, the compile settings and the optimizer state, with a format
+version) back into models. A model file is data: loading it never runs code nor unpacks more than the model its
+config declares, and a truncated, tampered or foreign file gives a ValueError that says what is wrong.
 """
 import io as _io
 import json
@@ -13,48 +13,11 @@ import zlib
 
 import numpy as np
 
-from ..backend import to_numpy
+from ..nn.model import model_from_config
+from ..nn.saving import FORMAT_VERSION
+from .keras import keras_format, load_keras
 
-FORMAT_VERSION = 1
 _REQUIRED = ("sparkdl_format", "config", "params", "state")
-
-
-def _text(obj):
-    return np.array(json.dumps(obj))
-
-
-def model_to_arrays(model, meta=None):
-    """The arrays a model file holds (also what checkpoints and the pyspark.ml writer store)."""
-    model._ensure_built()
-    arrays = {"sparkdl_format": np.array(FORMAT_VERSION, np.int64),
-              "config": _text({"class_name": type(model).__name__, "config": model.get_config()}),
-              "params": model.get_flat_params(), "state": model.get_flat_state(),
-              "meta": _text(meta or {})}
-    if model.compiled:
-        arrays["compile"] = _text(model.compile_config())
-        opt = model.optimizer.get_state()
-        arrays["optimizer_buffer"] = to_numpy(opt["buffer"])
-        arrays["optimizer_iterations"] = np.array(opt["iterations"], np.int64)
-    return arrays
-
-
-def save_model(model, path, meta=None):
-    """Write ``model`` to ``path`` (a local path or a writable binary file object)."""
-    arrays = model_to_arrays(model, meta)
-    if hasattr(path, "write"):
-        np.savez(path, **arrays)
-        return
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)  # readers never see a half-written file
-
-
-def model_to_bytes(model, meta=None):
-    buf = _io.BytesIO()
-    save_model(model, buf, meta)
-    return buf.getvalue()
 
 
 # What a file may declare, checked from the zip directory and the .npy headers before anything is decompressed
@@ -156,7 +119,6 @@ def _int(arrays, key, name):
 
 def _model(arrays, name, backend):
     """The model ``arrays`` describe, built (and compiled where they hold compile settings), weights not set."""
-    from ..nn.model import model_from_config
     config = _json(arrays, "config", name)
     try:
         model = model_from_config(config, backend=backend).build()
@@ -203,7 +165,6 @@ def load_model(path, backend="numpy"):
     (a ``.keras`` zip or a legacy HDF5 ``.h5`` path, told apart by its content, not its name: see
     ``sparkdl.io.keras``)."""
     if not hasattr(path, "read"):
-        from .keras import keras_format, load_keras
         if keras_format(path) is not None:   # by content: a sparkdl file named x.h5 still loads
             return load_keras(path, backend=backend)
     name = repr(os.fspath(path)) if not hasattr(path, "read") else "the model file"

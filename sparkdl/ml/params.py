@@ -13,7 +13,7 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasProbabilityCol, HasSeed
 
 from .. import optim
-from ..dist.master import choices
+from ..dist.modes import choices
 
 CLASSIFIER_LOSSES = ("sparse_categorical_crossentropy", "binary_crossentropy")
 REGRESSOR_LOSSES = ("mse", "mae", "huber", "mean_squared_error", "mean_absolute_error")

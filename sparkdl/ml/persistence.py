@@ -6,6 +6,7 @@ model file (JSON config + flat weights + optimizer state, ``allow_pickle=False``
 ``sparkdl.load_model``. ``path`` may be local or on any Hadoop-compatible filesystem that pyarrow.fs knows.
 """
 import importlib
+import sys
 
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter
 
@@ -26,9 +27,9 @@ def _qualified(path, spark):
 
 
 def _class_name(cls):
-    """The public name (sparkdl.ml.X) when the class is exported there, so saved files survive refactors."""
-    from .. import ml
-    if getattr(ml, cls.__name__, None) is cls:
+    """The public name (sparkdl.ml.X) when the class is exported there, so saved files survive refactors. (The
+    package is in sys.modules: it was imported before any of its modules.)"""
+    if getattr(sys.modules["sparkdl.ml"], cls.__name__, None) is cls:
         return f"sparkdl.ml.{cls.__name__}"
     return f"{cls.__module__}.{cls.__qualname__}"
 

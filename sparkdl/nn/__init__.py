@@ -3,8 +3,9 @@ from .activations import ELU, GELU, Activation, LeakyReLU, Linear, ReLU, Sigmoid
 from .conv import Conv2D
 from .core import Dense, Dropout, Flatten, Reshape
 from .embedding import Embedding
-from .graph import Add, Concatenate, GraphModel, Input
-from .layer import Layer, layer_from_config, layer_to_config, register
+from .graph import GraphModel
+from .layer import Input, Layer, layer_from_config, layer_to_config, register
+from .merge import Add, Concatenate
 from .model import Model, model_from_config
 from .normalization import BatchNormalization, LayerNormalization
 from .pooling import AveragePooling2D, GlobalAveragePooling2D, MaxPooling2D

@@ -17,78 +17,8 @@ change.
 import numpy as np
 
 from ..backend import to_numpy
-from .layer import Layer, as_shape, layer_from_config, layer_to_config, register
-from .model import Model, check_layer, register_model
-
-
-def _shape_str(shape):
-    return "(None, " + ", ".join(map(str, shape)) + ")"
-
-
-class Tensor:
-    """A symbolic tensor: an Input (``layer`` None) or the output of ``layer`` called on ``inbound``."""
-
-    def __init__(self, shape, layer=None, inbound=(), is_list=False, name=None):
-        self.shape = tuple(shape)     # without the batch dimension
-        self.layer = layer
-        self.inbound = tuple(inbound)
-        self.is_list = is_list        # the layer was called on a list (Add, Concatenate)
-        self._input_name = name
-        self.model = None             # the GraphModel that owns this node's layer
-
-    @property
-    def name(self):
-        return self._input_name if self.layer is None else self.layer.name
-
-    def __repr__(self):
-        kind = "Input" if self.layer is None else type(self.layer).__name__
-        return f"<Tensor {kind} name={self.name!r} shape={_shape_str(self.shape)}>"
-
-
-def Input(shape, name=None):
-    """A model input of ``shape`` (without the batch dimension)."""
-    if name is not None and not isinstance(name, str):
-        raise ValueError(f"Input name must be a str or None. Received: name={name!r}")
-    return Tensor(as_shape(shape, "shape"), name=name)
-
-
-def connect(layer, inputs):
-    """Call ``layer`` on a symbolic tensor or a list of them: build it and return its output tensor.
-
-    ``Layer.__call__`` delegates here."""
-    check_layer(layer, "the layer being called")
-    is_list = isinstance(inputs, (list, tuple))
-    tensors = list(inputs) if is_list else [inputs]
-    if not tensors or not all(isinstance(t, Tensor) for t in tensors):
-        raise TypeError(f"a layer is called on a symbolic tensor from Input(...) or on a list of them (run "
-                        f"layers on arrays through a model). Received: {inputs!r}")
-    if layer.built:
-        raise ValueError(f"layer {layer.name or type(layer).__name__!r} was already called or belongs to a model; "
-                         f"a layer can be called only once (shared layers are not supported): create a new layer")
-    shape = [t.shape for t in tensors] if is_list else tensors[0].shape
-    try:
-        out_shape = layer._build(shape)
-    except ValueError as e:
-        shapes = ", ".join(_shape_str(t.shape) for t in tensors)
-        raise ValueError(f"{type(layer).__name__} (name={layer.name!r}) cannot take input shape "
-                         f"{'[' + shapes + ']' if is_list else shapes}: {e}") from None
-    return Tensor(out_shape, layer, tensors, is_list)
-
-
-def _topological(output):
-    """Nodes the output depends on, each after its inbound tensors (depth-first, inbound order), no recursion."""
-    order, done, stack = [], set(), [(output, False)]
-    while stack:
-        t, expanded = stack.pop()
-        if id(t) in done:
-            continue
-        if expanded:
-            done.add(id(t))
-            order.append(t)
-            continue
-        stack.append((t, True))
-        stack.extend((u, False) for u in reversed(t.inbound) if id(u) not in done)
-    return order
+from .layer import Input, Tensor, connect, layer_from_config, layer_to_config, shape_str, topological
+from .model import Model, register_model
 
 
 class InputBatch:
@@ -122,7 +52,7 @@ class GraphModel(Model):
             raise ValueError(f"GraphModel inputs must be tensors made by Input(...). Received: inputs={inputs}")
         if len({id(t) for t in inputs}) != len(inputs):
             raise ValueError(f"GraphModel inputs lists the same Input twice. Received: inputs={inputs}")
-        nodes = _topological(outputs)
+        nodes = topological(outputs)
         used = {id(t) for t in nodes if t.layer is None}
         given = {id(t) for t in inputs}
         stray = [t for t in nodes if t.layer is None and id(t) not in given]
@@ -243,7 +173,7 @@ class GraphModel(Model):
             if a.dtype.kind not in "fiub":
                 raise ValueError(f"{what}[{name!r}] must be a numeric array; received dtype {a.dtype}")
             if a.shape[1:] != shape:
-                raise ValueError(f"{what}[{name!r}] must have shape {_shape_str(shape).replace('None', 'n')} "
+                raise ValueError(f"{what}[{name!r}] must have shape {shape_str(shape).replace('None', 'n')} "
                                  f"for input {name!r}; received shape {a.shape}")
             out[name] = a.astype(self.dtype, copy=False)
         rows = {name: len(a) for name, a in out.items()}
@@ -291,74 +221,3 @@ class GraphModel(Model):
             raise ValueError(f"GraphModel config: output {output!r} is not an input or a layer")
         config.update(kwargs)
         return cls(inputs, tensors[output], **config)
-
-
-class _Merge(Layer):
-    """Base for layers called on a list of at least two tensors; backward returns a list of gradients."""
-
-    def build(self, input_shape):
-        if not isinstance(input_shape, list) or len(input_shape) < 2:
-            raise ValueError(f"{type(self).__name__} must be called on a list of at least 2 tensors. "
-                             f"Received: input_shape={input_shape!r}")
-        return self.merge_shape([tuple(s) for s in input_shape])
-
-
-@register
-class Add(_Merge):
-    """Element-wise sum of inputs of one shape."""
-
-    @classmethod
-    def examples(cls):
-        return [(cls, [(3, 2), (3, 2), (3, 2)], {})]
-
-    def merge_shape(self, shapes):
-        if len(set(shapes)) != 1:
-            raise ValueError(f"Add needs inputs of the same shape. Received: input shapes "
-                             f"{', '.join(map(_shape_str, shapes))}")
-        return shapes[0]
-
-    def forward(self, xs, training=False):
-        out = xs[0] + xs[1]
-        for x in xs[2:]:
-            out += x
-        return out
-
-    def backward(self, grad):
-        return [grad] * len(self.input_shape)
-
-
-@register
-class Concatenate(_Merge):
-    """Join inputs along ``axis`` (counting the batch axis, as Keras: -1 is the last); other dims must match."""
-
-    @classmethod
-    def examples(cls):
-        return [(cls, [(2, 3), (2, 1)], {}), (lambda: cls(axis=1), [(2, 3), (1, 3)], {})]
-
-    def __init__(self, axis=-1, name=None):
-        super().__init__(name=name)
-        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or axis == 0:
-            raise ValueError(f"axis must be a non-zero int (0 is the batch axis). Received: axis={axis!r}")
-        self.axis = int(axis)
-
-    def merge_shape(self, shapes):
-        rank = len(shapes[0]) + 1
-        ax = self.axis + rank if self.axis < 0 else self.axis
-        rest = {s[:ax - 1] + s[ax:] for s in shapes}
-        if len({len(s) for s in shapes}) != 1 or not 1 <= ax < rank or len(rest) != 1:
-            raise ValueError(f"Concatenate(axis={self.axis}) needs inputs of one rank that match on every other "
-                             f"axis. Received: input shapes {', '.join(map(_shape_str, shapes))}")
-        self._ax = ax
-        sizes = [s[ax - 1] for s in shapes]
-        self._bounds = np.cumsum([0] + sizes)
-        return shapes[0][:ax - 1] + (sum(sizes),) + shapes[0][ax:]
-
-    def forward(self, xs, training=False):
-        return self.xp.concatenate(xs, axis=self._ax)
-
-    def backward(self, grad):
-        lead = (slice(None),) * self._ax
-        return [grad[lead + (slice(int(a), int(b)),)] for a, b in zip(self._bounds[:-1], self._bounds[1:])]
-
-    def get_config(self):
-        return {**super().get_config(), "axis": self.axis}

@@ -1,4 +1,5 @@
-"""The layer contract and the registry that turns configs back into layers.
+"""The layer contract, the registry that turns configs back into layers, and calling a layer on symbolic tensors
+(``Input``), which is how sparkdl.nn.graph wires a model.
 
 A layer declares its weights in ``build`` (``add_param`` / ``add_state``); the model then lays every weight of
 every layer out in one flat buffer and hands each layer views into it (``self.params[name]``,
@@ -94,7 +95,6 @@ class Layer:
 
     def __call__(self, inputs):
         """Functional API: calling a layer on a symbolic tensor (or a list of them) records a graph node."""
-        from .graph import connect
         return connect(self, inputs)
 
     # -- helpers ----------------------------------------------------------------------------------------
@@ -122,3 +122,79 @@ class Layer:
 
     def __repr__(self):
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def check_layer(layer, where):
+    if not isinstance(layer, Layer):
+        raise TypeError(f"{where} must be a sparkdl layer; received {type(layer).__name__}: {layer!r}")
+    return layer
+
+
+# -- calling a layer on symbolic tensors (the functional API of sparkdl.nn.graph) ----------------------------
+def shape_str(shape):
+    return "(None, " + ", ".join(map(str, shape)) + ")"
+
+
+class Tensor:
+    """A symbolic tensor: an Input (``layer`` None) or the output of ``layer`` called on ``inbound``."""
+
+    def __init__(self, shape, layer=None, inbound=(), is_list=False, name=None):
+        self.shape = tuple(shape)     # without the batch dimension
+        self.layer = layer
+        self.inbound = tuple(inbound)
+        self.is_list = is_list        # the layer was called on a list (Add, Concatenate)
+        self._input_name = name
+        self.model = None             # the GraphModel that owns this node's layer
+
+    @property
+    def name(self):
+        return self._input_name if self.layer is None else self.layer.name
+
+    def __repr__(self):
+        kind = "Input" if self.layer is None else type(self.layer).__name__
+        return f"<Tensor {kind} name={self.name!r} shape={shape_str(self.shape)}>"
+
+
+def Input(shape, name=None):
+    """A model input of ``shape`` (without the batch dimension)."""
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"Input name must be a str or None. Received: name={name!r}")
+    return Tensor(as_shape(shape, "shape"), name=name)
+
+
+def connect(layer, inputs):
+    """Call ``layer`` on a symbolic tensor or a list of them: build it and return its output tensor.
+
+    ``Layer.__call__`` delegates here."""
+    is_list = isinstance(inputs, (list, tuple))
+    tensors = list(inputs) if is_list else [inputs]
+    if not tensors or not all(isinstance(t, Tensor) for t in tensors):
+        raise TypeError(f"a layer is called on a symbolic tensor from Input(...) or on a list of them (run "
+                        f"layers on arrays through a model). Received: {inputs!r}")
+    if layer.built:
+        raise ValueError(f"layer {layer.name or type(layer).__name__!r} was already called or belongs to a model; "
+                         f"a layer can be called only once (shared layers are not supported): create a new layer")
+    shape = [t.shape for t in tensors] if is_list else tensors[0].shape
+    try:
+        out_shape = layer._build(shape)
+    except ValueError as e:
+        shapes = ", ".join(shape_str(t.shape) for t in tensors)
+        raise ValueError(f"{type(layer).__name__} (name={layer.name!r}) cannot take input shape "
+                         f"{'[' + shapes + ']' if is_list else shapes}: {e}") from None
+    return Tensor(out_shape, layer, tensors, is_list)
+
+
+def topological(output):
+    """Nodes the output depends on, each after its inbound tensors (depth-first, inbound order), no recursion."""
+    order, done, stack = [], set(), [(output, False)]
+    while stack:
+        t, expanded = stack.pop()
+        if id(t) in done:
+            continue
+        if expanded:
+            done.add(id(t))
+            order.append(t)
+            continue
+        stack.append((t, True))
+        stack.extend((u, False) for u in reversed(t.inbound) if id(u) not in done)
+    return order

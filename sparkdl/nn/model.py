@@ -1,11 +1,9 @@
-"""The model base: one flat parameter buffer, compile / train step / evaluate / predict / summary.
+"""The model base: building, compile, the train step, fit / evaluate / predict, summary, config and save.
 
-Every trainable weight of every layer is a view into ``model.params`` (one contiguous 1-D array); gradients are
-views into ``model.grads`` (same layout); non-trainable layer state (BatchNorm running statistics) into
-``model.state``. Distributed masters move, average and save these buffers whole. Layer views are named
-``"<layer name>.<weight name>"``; ``get_weights`` / ``set_weights`` use those names.
+Its weights live in flat buffers (sparkdl.nn.layout: ``model.params``, ``model.grads``, ``model.state``); a step
+may be split over threads (sparkdl.nn.replicas); the loop of ``fit`` is sparkdl.train.loop's, the file format
+sparkdl.nn.saving's. Sequential and GraphModel (sparkdl.nn.graph) subclass it.
 """
-import contextlib
 import json
 import re
 
@@ -14,12 +12,12 @@ import numpy as np
 from .. import losses as losses_mod
 from .. import metrics as metrics_mod
 from .. import optim
-from ..backend import blas_threads, check_dtype, get_xp, make_rng, to_numpy
+from ..backend import check_dtype, get_xp, make_rng, to_numpy
 from ..registry import Registry
-from . import initializers
-from .layer import Layer
-
-ALIGN = 16  # each weight starts on a 64-byte boundary (float32) for aligned vector loads
+from ..train import loop
+from . import saving
+from .layout import FlatBuffers
+from .replicas import ThreadedSteps, check_threads
 
 MODEL_CLASSES = Registry("model class_name")
 
@@ -34,39 +32,11 @@ def _snake(name):
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def _layout(specs):
-    """Offsets for a list of (name, shape, init) specs, each aligned; returns (offsets, total size)."""
-    offsets, total = [], 0
-    for _, shape, _ in specs:
-        offsets.append(total)
-        size = int(np.prod(shape))
-        total += -(-size // ALIGN) * ALIGN
-    return offsets, total
-
-
 def _batches(n, batch_size):
     return range(0, n, batch_size)
 
 
-def _check_threads(threads):
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"threads must be a positive int. Received: threads={threads!r}")
-    return int(threads)
-
-
-def _take(x, start, stop):
-    """Rows start:stop of a batch (an array, an InputBatch or a dict of arrays)."""
-    if isinstance(x, dict):
-        return {k: v[start:stop] for k, v in x.items()}
-    return x[start:stop]
-
-
-def _one_blas_thread():
-    """A context manager that holds BLAS to one thread (a no-op without threadpoolctl)."""
-    return blas_threads(1) or contextlib.nullcontext()
-
-
-class Model:
+class Model(FlatBuffers, ThreadedSteps):
     """Base class for Sequential and GraphModel. Subclasses set ``self.layers`` (in execution order), build
     them in ``_build_layers()`` and implement ``_forward`` / ``_backward`` and ``get_config``."""
 
@@ -124,116 +94,6 @@ class Model:
                 raise ValueError(f"layer names must be unique in a model. Received: two layers named {layer.name!r}")
             seen.add(layer.name)
 
-    def _point_views(self, flat, spec_attr="param_specs", view_attr="params"):
-        """Re-point the layers' ``view_attr`` views into ``flat`` (laid out as ``_allocate`` does)."""
-        key = (spec_attr, view_attr)
-        cached = self._view_layouts.get(key)
-        if cached is None:  # the layout is fixed once built; barrier peers re-point every round
-            entries = [(layer, spec) for layer in self.layers for spec in getattr(layer, spec_attr)]
-            offsets, total = _layout([spec for _, spec in entries])
-            cached = self._view_layouts[key] = (total, [(getattr(layer, view_attr), name, off, int(np.prod(shape)), shape)
-                                                        for (layer, (name, shape, _)), off in zip(entries, offsets)])
-        total, views = cached
-        if flat.shape != (total,):
-            raise ValueError(f"a flat buffer of shape ({total},) is needed; received {flat.shape}")
-        for target, name, off, size, shape in views:
-            target[name] = flat[off:off + size].reshape(shape)
-
-    def param_ranges(self):
-        """[(layer name, start, stop)]: where each layer's weights lie in the flat ``params`` (layers without
-        weights left out)."""
-        self._ensure_built()
-        entries = [(layer.name, spec) for layer in self.layers for spec in layer.param_specs]
-        offsets, _ = _layout([spec for _, spec in entries])
-        ranges = {}
-        for (name, (_, shape, _)), off in zip(entries, offsets):
-            lo, hi = ranges.get(name, (off, off))
-            ranges[name] = (min(lo, off), max(hi, off + int(np.prod(shape))))
-        return [(name, lo, hi) for name, (lo, hi) in ranges.items()]
-
-    def layer_norms(self, flat):
-        """{layer name: L2 norm of its part of ``flat``}, a buffer laid out as ``params`` (``grads`` after a step:
-        the norms of the last minibatch's gradients)."""
-        return {name: float(self.xp.linalg.norm(flat[lo:hi])) for name, lo, hi in self.param_ranges()}
-
-    def _allocate(self, spec_attr, view_attr, rng, with_grads):
-        entries = [(layer, spec) for layer in self.layers for spec in getattr(layer, spec_attr)]
-        offsets, total = _layout([spec for _, spec in entries])
-        host = np.zeros(total, self.dtype)
-        for (layer, (name, shape, init)), off in zip(entries, offsets):
-            host[off:off + int(np.prod(shape))] = initializers.get(init)(rng, shape).ravel()
-        flat = self.xp.asarray(host)
-        self._point_views(flat, spec_attr, view_attr)
-        grads = None
-        if with_grads:
-            grads = self.xp.zeros_like(flat)
-            self._point_views(grads, spec_attr, "grads")
-        return flat, grads
-
-    # -- weights --------------------------------------------------------------------------------------------
-    def count_params(self):
-        self._ensure_built()
-        return sum(layer.count_params() for layer in self.layers)
-
-    def get_flat_params(self):
-        """A host copy of the flat parameter buffer."""
-        self._ensure_built()
-        return to_numpy(self.params).copy()
-
-    def set_flat_params(self, flat):
-        self._ensure_built()
-        self.params[...] = self._checked_flat(flat, self.params, "params")
-
-    def get_flat_state(self):
-        self._ensure_built()
-        return to_numpy(self.state).copy()
-
-    def set_flat_state(self, flat):
-        self._ensure_built()
-        self.state[...] = self._checked_flat(flat, self.state, "state")
-
-    def use_buffers(self, params, state=None):
-        """Train in ``params`` (and ``state``) from now on: the layers' views are re-pointed into these flat arrays
-        (shared memory, for instance), nothing is copied. Shapes and dtypes must match the model's buffers."""
-        self._ensure_built()
-        pairs = [("params", params, "param_specs")] + ([("state", state, "state_specs")] if self.state.size else [])
-        for what, flat, _ in pairs:
-            target = getattr(self, what)
-            if flat is None or flat.shape != target.shape or flat.dtype != target.dtype:
-                raise ValueError(f"use_buffers: {what} must be a {target.dtype} array of shape {target.shape}; "
-                                 f"received {None if flat is None else (flat.dtype, flat.shape)}")
-        for model in [self] + (self._replicas or []):
-            for what, flat, specs in pairs:
-                setattr(model, what, flat)
-                model._point_views(flat, specs, what)
-
-    def _checked_flat(self, flat, target, what):
-        flat = self.xp.asarray(flat)
-        if flat.shape != target.shape:
-            raise ValueError(f"flat {what} must have shape {target.shape} for this model; "
-                             f"received shape {flat.shape}")
-        return flat
-
-    def _named(self, attr):
-        return {f"{layer.name}.{k}": v for layer in self.layers for k, v in getattr(layer, attr).items()}
-
-    def get_weights(self):
-        """{"layer.weight": host array} for params and state."""
-        self._ensure_built()
-        return {k: to_numpy(v).copy() for k, v in {**self._named("params"), **self._named("state")}.items()}
-
-    def set_weights(self, weights):
-        self._ensure_built()
-        views = {**self._named("params"), **self._named("state")}
-        missing, unexpected = sorted(set(views) - set(weights)), sorted(set(weights) - set(views))
-        if missing or unexpected:
-            raise ValueError(f"set_weights needs exactly this model's weights; missing {missing}, "
-                             f"unexpected {unexpected}")
-        for k, v in weights.items():
-            if tuple(np.shape(v)) != views[k].shape:
-                raise ValueError(f"weight {k!r} must have shape {views[k].shape}; received {np.shape(v)}")
-            views[k][...] = self.xp.asarray(v)
-
     # -- compile / loss ----------------------------------------------------------------------------------------
     @property
     def output_activation(self):
@@ -246,7 +106,7 @@ class Model:
         gradient of the mean loss over the whole batch) and one optimizer step follows. The same step as
         ``threads=1`` up to rounding; worth it where much of the step is single-threaded numpy work (CNNs)."""
         self._ensure_built()
-        threads = _check_threads(threads)
+        threads = check_threads(threads)
         if threads > 1:
             if self.state.size:
                 raise ValueError(f"threads={threads} needs a model without non-trainable state; this one has "
@@ -273,29 +133,6 @@ class Model:
             self._pool = None
         self.compiled = True
         return self
-
-    def _make_replicas(self):
-        """``threads - 1`` models of the same config whose params are views into ``self.params`` (their own
-        ``grads`` and layer caches), with the loss bound as here and their own dropout generators."""
-        from concurrent.futures import ThreadPoolExecutor
-        seqs = np.random.SeedSequence(self.seed).spawn(3 + self.threads)[3:]
-        replicas = []
-        for k in range(1, self.threads):
-            r = model_from_config({"class_name": type(self).__name__, "config": self.get_config()},
-                                  dtype=self.dtype.name, backend=self.backend)
-            r.build()
-            r.rng = make_rng(r.xp, seqs[k])
-            for layer in r.layers:
-                layer.place(r.xp, r.dtype, r.rng)
-            r.params = self.params
-            r._point_views(self.params)
-            r.loss = self.loss
-            act, ract = self.output_activation, r.output_activation
-            if ract is not None:
-                ract.fused_with_loss = bool(act is not None and act.fused_with_loss)
-            replicas.append(r)
-        self._replicas = replicas
-        self._pool = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="sparkdl-part")
 
     def _check_compiled(self, what):
         if not self.compiled:
@@ -356,41 +193,9 @@ class Model:
         self.optimizer.step(self.params, self.grads)
         return loss, out
 
-    def _part_step(self, x, y, weight):
-        """Forward and backward on one part, the loss gradient scaled by the part's share of the batch, so
-        that the parts' parameter gradients add up to the gradient of the whole batch's mean loss."""
-        out = self._forward(self._device(x), True)
-        loss, grad = self.loss_and_grad(out, self._device(y))
-        self._backward(grad * weight)
-        return loss, out
-
-    def _train_on_parts(self, x, y):
-        if self._replicas is None:
-            self._make_replicas()
-        n, parts = len(y), self.threads
-        bounds = [k * (n // parts) + min(k, n % parts) for k in range(parts + 1)]
-        workers = [self] + self._replicas
-        jobs = [(workers[k], bounds[k], bounds[k + 1]) for k in range(parts) if bounds[k + 1] > bounds[k]]
-        with _one_blas_thread():
-            futures = [self._pool.submit(m._part_step, _take(x, a, b), y[a:b], (b - a) / n)
-                       for m, a, b in jobs[1:]]
-            try:
-                results = [self._part_step(_take(x, jobs[0][1], jobs[0][2]), y[jobs[0][1]:jobs[0][2]],
-                                           (jobs[0][2] - jobs[0][1]) / n)]
-            finally:  # never leave a part running into the next step
-                others = [f.result() for f in futures]
-            results += others
-            for m, _, _ in jobs[1:]:
-                self.grads += m.grads
-        loss = sum(l * ((b - a) / n) for (l, _), (_, a, b) in zip(results, jobs))
-        out = self.xp.concatenate([o for _, o in results])
-        self.optimizer.step(self.params, self.grads)
-        return loss, out
-
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, shuffle=True, callbacks=(),
             verbose="auto", initial_epoch=0):
         """Train on host arrays; returns a History (``history.history[name]`` per epoch, Keras-style)."""
-        from ..train import loop
         return loop.fit(self, x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
                         shuffle=shuffle, callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch)
 
@@ -457,9 +262,10 @@ class Model:
     def to_json(self):
         return json.dumps({"class_name": type(self).__name__, "config": self.get_config()})
 
-    def save(self, path):
-        from .. import io
-        io.save_model(self, path)
+    def save(self, path, meta=None):
+        """Write the model file (config, weights, compile settings, optimizer state): ``sparkdl.load_model``
+        reads it back."""
+        saving.save_model(self, path, meta)
 
 
 def model_from_config(spec, **kwargs):
@@ -470,9 +276,3 @@ def model_from_config(spec, **kwargs):
     if name not in MODEL_CLASSES:
         raise ValueError(f"model class_name must be one of {MODEL_CLASSES.choices()}. Received: {name!r}")
     return MODEL_CLASSES[name].from_config(spec["config"], **kwargs)
-
-
-def check_layer(layer, where):
-    if not isinstance(layer, Layer):
-        raise TypeError(f"{where} must be a sparkdl layer; received {type(layer).__name__}: {layer!r}")
-    return layer

@@ -1,6 +1,6 @@
 """Sequential: a stack of layers, each feeding the next."""
-from .layer import as_shape, layer_from_config, layer_to_config
-from .model import Model, check_layer, register_model
+from .layer import as_shape, check_layer, layer_from_config, layer_to_config
+from .model import Model, register_model
 
 
 @register_model

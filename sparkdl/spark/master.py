@@ -3,7 +3,7 @@ and which master runs it (``mode``): sparkdl.dist.jobs (one Spark job per averag
 (one barrier stage, the workers averaging among themselves), as registered in sparkdl.dist.master."""
 import logging
 
-from ..dist import master as masters
+from ..dist import modes as masters
 from ..dist.options import REPARTITION, Options  # noqa: F401  (REPARTITION: part of this module's API)
 
 MODES = masters.choices()

@@ -112,7 +112,6 @@ class ModelCheckpoint(Callback):
         self.best = None
 
     def on_epoch_end(self, epoch, logs=None):
-        from ..io import save_model
         if (epoch + 1) % self.every:
             return
         if self.save_best_only:
@@ -122,7 +121,7 @@ class ModelCheckpoint(Callback):
             if self.best is not None and not (value < self.best if self.mode == "min" else value > self.best):
                 return
             self.best = value
-        save_model(self.model, self.path.format(epoch=epoch + 1), meta={"epoch": epoch + 1})
+        self.model.save(self.path.format(epoch=epoch + 1), meta={"epoch": epoch + 1})
 
 
 class TerminateOnNaN(Callback):
@@ -149,7 +148,6 @@ class RoundCheckpoint(Callback):
 
     def on_round_end(self, round, logs=None):
         from .. import fs
-        from ..io import save_model
         done, logs = round + 1, logs or {}
         if self.every == "epoch":
             if logs.get("round_in_epoch") != logs.get("rounds_per_epoch"):
@@ -158,7 +156,7 @@ class RoundCheckpoint(Callback):
             return
         path = self.path.format(round=done)
         with fs.open_output(path) as f:
-            save_model(self.model, f, meta={"round": done, **{k: v for k, v in logs.items()
+            self.model.save(f, meta={"round": done, **{k: v for k, v in logs.items()
                                                                if k in ("epoch", "round_in_epoch")}})
         self.saved.append(path)
         self.last_round = done

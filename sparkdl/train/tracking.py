@@ -132,12 +132,11 @@ class MLflowLogger(Callback):
             self.client.log_batch(self.run_id, metrics=pending[i:i + MAX_METRICS])
 
     def on_train_end(self, logs=None):
-        from ..io import save_model
         self._flush()
         stats = _stats(self.model)
         with tempfile.TemporaryDirectory(prefix="sparkdl-mlflow-") as tmp:
             if self.log_model:
-                save_model(self.model, os.path.join(tmp, "model.npz"))
+                self.model.save(os.path.join(tmp, "model.npz"))
             if stats is not None:
                 stats.to_html(os.path.join(tmp, "stats.html"), title=f"sparkdl: {self.run_name or self.run_id}")
                 stats.to_json(os.path.join(tmp, "stats.json"))

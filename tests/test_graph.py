@@ -192,8 +192,7 @@ def test_fit_predict_evaluate_with_dict_inputs():
     assert "val_accuracy" in history.history
     assert model.predict(x, batch_size=7).shape == (96, 2)
     assert model2.predict(InputBatch(x)).shape == (96, 2)
-    partials = model.evaluate_partials(x, y2, batch_size=10)
-    assert partials["loss"][1] == 96   # counted by rows, not by inputs
+    assert model.evaluate_sums(x, y2, batch_size=10).n == 96   # counted by rows, not by inputs
 
 
 # -- errors ---------------------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def test_bad_arguments_name_expected_and_received():
         layer_from_config({"class_name": "Dense3", "config": {}})
     with pytest.raises(ValueError, match=r"unknown activation.*Received: 'relu6'"):
         Dense(3, activation="relu6")
-    with pytest.raises(ValueError, match=r"units must be a positive int. Received: units=0"):
+    with pytest.raises(ValueError, match=r"units must be a positive integer. Received: units=0"):
         Dense(0)
     with pytest.raises(ValueError, match=r"unknown loss.*Received: loss='crossentropy'"):
         mlp().compile("sgd", "crossentropy")
@@ -156,7 +156,7 @@ def test_bad_arguments_name_expected_and_received():
         m.fit(np.zeros((5, 64)), np.array([0, 1, 2, 3, 12]), verbose=0)
     with pytest.raises(ValueError, match="same number of examples; received 5 and 4"):
         m.fit(np.zeros((5, 64)), np.zeros(4), verbose=0)
-    with pytest.raises(ValueError, match="epochs must be a positive int. Received: epochs=0"):
+    with pytest.raises(ValueError, match="epochs must be a positive integer. Received: epochs=0"):
         m.fit(np.zeros((5, 64)), np.zeros(5), epochs=0, verbose=0)
     with pytest.raises(RuntimeError, match="compile"):
         mlp().fit(np.zeros((5, 64)), np.zeros(5))

@@ -233,7 +233,7 @@ def test_bad_input_is_named(spark):
             t.fit(df, verbose=0)
     with pytest.raises(RuntimeError, match="must be compiled"):
         SparkTrainer(Sequential([Dense(2)], input_shape=(64,))).fit(_df(spark, good))
-    with pytest.raises(ValueError, match="epochs must be a positive int. Received: epochs=0"):
+    with pytest.raises(ValueError, match="epochs must be a positive integer. Received: epochs=0"):
         t.fit(_df(spark, good), epochs=0)
     with pytest.raises(ValueError, match="repartition must be one of"):
         master(repartition="sometimes")

@@ -7,17 +7,17 @@ examples it fitted in the round; contributions add up (so they merge in any tree
 """
 import numpy as np
 
-from .. import metrics as metrics_mod
+from ..metrics import Sums
 
 
-class Contribution:
-    """A summable worker result: weighted flat buffers, plus loss/metric sums and timings."""
+class Contribution(Sums):
+    """A summable worker result: the loss and metric Sums, weighted flat buffers, and timings."""
 
     def __init__(self, n=0, params=None, state=None, opt=None, loss_sum=0.0, partials=None, steps=0,
                  stats=None):
-        self.n, self.loss_sum, self.steps = int(n), float(loss_sum), int(steps)
+        super().__init__(n, float(loss_sum), partials)
+        self.steps = int(steps)
         self.params, self.state, self.opt = (_weighted(a, n) for a in (params, state, opt))
-        self.partials = partials or {}
         self.stats = list(stats or [])   # per-worker timing records, concatenated on merge
 
     @classmethod
@@ -33,11 +33,8 @@ class Contribution:
         self.params = _add(self.params, other.params)
         self.state = _add(self.state, other.state)
         self.opt = _add(self.opt, other.opt)
-        self.n += other.n
-        self.loss_sum += other.loss_sum
+        super().merge(other)
         self.steps = max(self.steps, other.steps)
-        for k, v in other.partials.items():
-            self.partials[k] = metrics_mod.merge(self.partials.get(k, {}), v)
         self.stats.extend(other.stats)
         return self
 

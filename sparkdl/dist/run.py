@@ -8,12 +8,12 @@ import time
 import numpy as np
 
 from ..backend import to_numpy
+from ..metrics import Sums
 from ..train.callbacks import CallbackList, History
 from ..train.progress import Progress
 from ..train import stats as stats_mod
 from ..train.stats import TrainingStats
 from . import schedule
-from .averaging import Contribution
 from .stopping import Stoppable, stop_on_signals
 
 __all__ = ["FitRun", "label_dtype", "stop_on_signals"]
@@ -46,7 +46,7 @@ class FitRun(Stoppable):
         self.resume_round = resume_round
         self.synced = resume_round - 1  # the last round whose average is in the model
         self.synced_iterations = int(model.optimizer.iterations)   # the optimizer's steps after that round
-        self.epoch_rounds = []   # (round, Contribution) of the current epoch, for a rollback
+        self.epoch_rounds = []   # (round, Sums) of the current epoch, for a rollback
         self.stopped = False
         self.stop_signal = None   # the signal that asked the fit to stop (stop_on_signals)
         self.stoppers = []        # what stops the running work: cancel the Spark jobs, abort the workers
@@ -148,9 +148,9 @@ class FitRun(Stoppable):
             stats.layers = [rec for rec in stats.layers if rec["round"] <= g]
             stats._last = None   # the next sample starts a new interval
         self.epoch_rounds = [(h, c) for h, c in self.epoch_rounds if h <= g]
-        self.epoch_total = Contribution()
+        self.epoch_total = Sums()
         for _, c in self.epoch_rounds:
-            self.epoch_total.merge(Contribution(n=c.n, loss_sum=c.loss_sum, partials=dict(c.partials)))
+            self.epoch_total.merge(c)
         self.model.optimizer.iterations = self.synced_iterations
         self.next_round = g + 1
 
@@ -219,8 +219,8 @@ class FitRun(Stoppable):
             for rec in total.stats:   # kept with the layer samples only
                 rec.pop("grad_norms", None)
         loss = averaged["loss"]
-        self.epoch_total.merge(Contribution(n=total.n, loss_sum=total.loss_sum, partials=total.partials))
-        self.epoch_rounds.append((g, Contribution(n=total.n, loss_sum=total.loss_sum, partials=total.partials)))
+        self.epoch_total.merge(total)
+        self.epoch_rounds.append((g, total.sums()))
         now = time.time()
         if "round 1" not in self.marks:
             self.mark("round 1", now)
@@ -235,24 +235,21 @@ class FitRun(Stoppable):
         self.callbacks.on_round_end(g, {"loss": loss, "epoch": epoch + 1, "round_in_epoch": r + 1,
                                         "rounds_per_epoch": self.rounds_per_epoch})
         self.progress.title = f"Epoch {epoch + 1}/{self.epochs} round {r + 1}/{self.rounds_per_epoch}"
-        self.progress.update(self.epoch_total.n, lambda: {"loss": self.epoch_total.loss_sum / self.epoch_total.n})
+        self.progress.update(self.epoch_total.n, lambda: {"loss": self.epoch_total.loss()})
 
     def apply(self, total, epoch, r, g):
         t0 = time.time()
         self.commit(total, self.average(total, epoch, r, g), epoch, r, g, t0)
 
     def _begin_epoch(self, epoch):
-        self.epoch_total, self.epoch_rounds = Contribution(), []
+        self.epoch_total, self.epoch_rounds = Sums(), []
         self.callbacks.on_epoch_begin(epoch)
         self.progress = Progress(self.rows, self.verbose)
         self.progress.start(f"Epoch {epoch + 1}/{self.epochs}")
 
     def _end_epoch(self, epoch):
         t = self.epoch_total
-        logs = {"loss": t.loss_sum / max(t.n, 1)}
-        for m in self.model.metrics:
-            if t.partials.get(m.name):
-                logs[m.name] = m.result(t.partials[m.name])
+        logs = t.results(self.model.metrics)
         if self.evaluate_validation is not None:
             logs.update({f"val_{k}": v for k, v in self.evaluate_validation().items()})
         self.progress.title = f"Epoch {epoch + 1}/{self.epochs}"

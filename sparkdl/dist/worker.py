@@ -61,14 +61,14 @@ def fit_round(model, x, y, index_batches, params, state, opt_buffer, iterations,
     t2 = time.time()
     host = (lambda a: to_numpy(a).copy()) if copy else to_numpy
     result = RoundResult(
-        n=totals.count, params=host(model.params),
+        n=totals.n, params=host(model.params),
         state=host(model.state) if model.state.size else None,
         opt=host(opt.state_buffer) if average_optimizer_state else None,
         loss_sum=loss_sum, partials=totals.partials, steps=len(index_batches))
     t3 = time.time()
     if record is not None:
         record.setdefault("start", t0)
-        record.update(load_s=t1 - t0, fit_s=t2 - t1, ship_s=t3 - t2, n=totals.count,
+        record.update(load_s=t1 - t0, fit_s=t2 - t1, ship_s=t3 - t2, n=totals.n,
                       steps=len(index_batches))
         if grad_norms:
             record["grad_norms"] = model.layer_norms(model.grads)

@@ -21,9 +21,10 @@ from .base import Metric, merge
 from .classification import (LOG_LOSS_EPSILON, Accuracy, ConfusionMatrix, F1Score, LogLoss, Precision, Recall,
                              TopKAccuracy)
 from .regression import MeanAbsoluteError, MeanSquaredError, R2Score
+from .sums import Sums
 
 __all__ = ["LOG_LOSS_EPSILON", "METRICS", "Accuracy", "ConfusionMatrix", "F1Score", "LogLoss", "MeanAbsoluteError",
-           "MeanSquaredError", "Metric", "Precision", "R2Score", "Recall", "TopKAccuracy", "compute", "get", "merge",
+           "MeanSquaredError", "Metric", "Precision", "R2Score", "Recall", "Sums", "TopKAccuracy", "compute", "get", "merge",
            "to_config"]
 
 

@@ -4,6 +4,7 @@ their input helpers: probabilities (N, C), or (N,) / (N, 1) for binary, against 
 import numpy as np
 
 from ..backend import array_module, to_numpy
+from ..checks import number, positive_int
 from .base import Metric, _ratio
 
 LOG_LOSS_EPSILON = 1e-7
@@ -53,10 +54,9 @@ def _safe_divide(numerator, denominator):
 
 
 def _check_num_classes(num_classes):
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
-                                    or num_classes < 2):
-        raise ValueError(f"num_classes must be None or an int >= 2. Received: num_classes={num_classes!r}")
-    return None if num_classes is None else int(num_classes)
+    if num_classes is None:
+        return None
+    return number("num_classes", num_classes, lambda v: v >= 2, "None or an int >= 2", cast=int)
 
 
 class Accuracy(Metric):
@@ -77,9 +77,7 @@ class TopKAccuracy(Metric):
     name = "top_k_accuracy"
 
     def __init__(self, k=5):
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive int. Received: k={k!r}")
-        self.k = int(k)
+        self.k = positive_int("k", k)
 
     def partial(self, y_pred, y_true):
         xp = array_module(y_pred)

@@ -7,7 +7,8 @@ backward: d[kernel; bias] = patches.T @ g           both GEMMs over blocks of im
 """
 import numpy as np
 
-from .core import Affine, _positive_int
+from ..checks import positive_int
+from .core import Affine
 from .layer import register
 from .windows import (DATA_FORMATS, PADDINGS, Windows, choice, from_nhwc, hwc_to_format, image_shape, pair,
                       to_nhwc)
@@ -45,7 +46,7 @@ class Conv2D(Affine):
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", data_format="channels_last",
                  name=None):
         super().__init__(name=name)
-        self.filters = _positive_int(filters, "filters")
+        self.filters = positive_int("filters", filters)
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.strides = pair(strides, "strides")
         self.padding = choice(padding, PADDINGS, "padding")

@@ -2,13 +2,8 @@
 import numpy as np
 
 from . import activations, initializers
+from ..checks import positive_int
 from .layer import Layer, as_shape, register
-
-
-def _positive_int(value, argument):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{argument} must be a positive int. Received: {argument}={value!r}")
-    return int(value)
 
 
 class Affine(Layer):
@@ -45,7 +40,7 @@ class Dense(Affine):
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", name=None):
         super().__init__(name=name)
-        self.units = _positive_int(units, "units")
+        self.units = positive_int("units", units)
         self._affine(activation, use_bias, kernel_initializer, bias_initializer)
 
     def build(self, input_shape):

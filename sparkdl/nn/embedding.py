@@ -1,8 +1,8 @@
 """Embedding: integer indices -> rows of a (input_dim, output_dim) matrix."""
 import numpy as np
 
+from ..checks import positive_int
 from . import initializers
-from .core import _positive_int
 from .layer import Layer, register
 
 # Keras's default embeddings initializer, RandomUniform(-0.05, 0.05), which initializers.py does not name
@@ -28,8 +28,8 @@ class Embedding(Layer):
 
     def __init__(self, input_dim, output_dim, embeddings_initializer=_KERAS_UNIFORM, name=None):
         super().__init__(name=name)
-        self.input_dim = _positive_int(input_dim, "input_dim")
-        self.output_dim = _positive_int(output_dim, "output_dim")
+        self.input_dim = positive_int("input_dim", input_dim)
+        self.output_dim = positive_int("output_dim", output_dim)
         if embeddings_initializer != _KERAS_UNIFORM:
             try:
                 initializers.check(embeddings_initializer, "embeddings_initializer")

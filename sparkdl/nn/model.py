@@ -13,11 +13,12 @@ from .. import losses as losses_mod
 from .. import metrics as metrics_mod
 from .. import optim
 from ..backend import check_dtype, get_xp, make_rng, to_numpy
+from ..checks import positive_int
 from ..registry import Registry
 from ..train import loop
 from . import saving
 from .layout import FlatBuffers
-from .replicas import ThreadedSteps, check_threads
+from .replicas import ThreadedSteps
 
 MODEL_CLASSES = Registry("model class_name")
 
@@ -106,7 +107,7 @@ class Model(FlatBuffers, ThreadedSteps):
         gradient of the mean loss over the whole batch) and one optimizer step follows. The same step as
         ``threads=1`` up to rounding; worth it where much of the step is single-threaded numpy work (CNNs)."""
         self._ensure_built()
-        threads = check_threads(threads)
+        threads = positive_int("threads", threads)
         if threads > 1:
             if self.state.size:
                 raise ValueError(f"threads={threads} needs a model without non-trainable state; this one has "
@@ -208,32 +209,25 @@ class Model(FlatBuffers, ThreadedSteps):
             return np.zeros((0,) + tuple(self.output_shape), self.dtype)
         return np.concatenate(outs)
 
-    def evaluate_partials(self, x, y, batch_size=256):
-        """Mergeable sums for the loss and every metric over (x, y): {"loss": [sum, count], name: partial}."""
+    def evaluate_sums(self, x, y, batch_size=256):
+        """The loss and metric Sums over (x, y), mergeable with others' (distributed evaluation)."""
         self._check_compiled("evaluate")
         x, y = self.check_data(x, y)
-        totals = {"loss": np.zeros(2)}
-        for m in self.metrics:
-            totals[m.name] = {}
+        sums = metrics_mod.Sums()
         for i in _batches(len(x), batch_size):
             xb, yb = self._device(x[i:i + batch_size]), self._device(y[i:i + batch_size])
             out = self._forward(xb, False)
             loss, _ = self.loss_and_grad(out, yb)
-            totals["loss"] += (float(loss) * len(xb), len(xb))
-            probs = self.probabilities(out)
-            for m in self.metrics:
-                totals[m.name] = metrics_mod.merge(totals[m.name], m.partial(probs, yb))
-        return totals
+            sums.add(float(loss), yb, self.probabilities(out), self.metrics)
+        return sums
 
-    def results_from_partials(self, totals):
-        out = {"loss": float(totals["loss"][0] / max(totals["loss"][1], 1))}
-        for m in self.metrics:
-            out[m.name] = m.result(totals[m.name]) if totals[m.name] else float("nan")
-        return out
+    def evaluate_results(self, sums):
+        """{"loss": ..., <metric>: ...} of evaluation Sums (NaN for a metric over no examples)."""
+        return sums.results(self.metrics, empty=float("nan"))
 
     def evaluate(self, x, y, batch_size=256):
         """{"loss": ..., <metric>: ...} over (x, y)."""
-        return self.results_from_partials(self.evaluate_partials(x, y, batch_size))
+        return self.evaluate_results(self.evaluate_sums(x, y, batch_size))
 
     # -- description --------------------------------------------------------------------------------------
     def summary(self, print_fn=print):

@@ -9,12 +9,6 @@ import numpy as np
 from ..backend import blas_threads, make_rng
 
 
-def check_threads(threads):
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"threads must be a positive int. Received: threads={threads!r}")
-    return int(threads)
-
-
 def _take(x, start, stop):
     """Rows start:stop of a batch (an array, an InputBatch or a dict of arrays)."""
     if isinstance(x, dict):

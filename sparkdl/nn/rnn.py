@@ -2,8 +2,8 @@
 time-major projection of the inputs, outputs and gradients every recurrent layer shares), ``SimpleRNN`` on top of it,
 and ``_Gated``, what LSTM (lstm.py) and GRU (gru.py) add for their gates; the conventions are recurrent.py's.
 """
+from ..checks import positive_int
 from . import activations, initializers
-from .core import _positive_int
 from .layer import Layer, register
 
 
@@ -26,7 +26,7 @@ class _Recurrent(Layer):
     def __init__(self, units, activation, use_bias, kernel_initializer, recurrent_initializer, bias_initializer,
                  return_sequences, go_backwards, name):
         super().__init__(name=name)
-        self.units = _positive_int(units, "units")
+        self.units = positive_int("units", units)
         self.activation_name = activation
         self.activation = activations.get(activation)
         self.use_bias = _bool(use_bias, "use_bias")

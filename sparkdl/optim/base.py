@@ -12,7 +12,7 @@ import numpy as np
 
 from sparkdl.backend import check_dtype, to_numpy
 from sparkdl.optim import schedules
-from sparkdl.optim.schedules import check_number
+from ..checks import number
 
 from sparkdl.registry import Configurable, Registry
 
@@ -32,7 +32,7 @@ class Optimizer(Configurable):
     def __init__(self, learning_rate=0.01, clipnorm=None, name=None):
         self.learning_rate = schedules.get(learning_rate)
         if clipnorm is not None:
-            clipnorm = check_number("clipnorm", clipnorm, lambda v: v > 0, "None or a positive number")
+            clipnorm = number("clipnorm", clipnorm, lambda v: v > 0, "None or a positive number")
         self.clipnorm = clipnorm
         if name is not None and not isinstance(name, str):
             raise ValueError(f"name must be None or a string. Received: name={name!r}")
@@ -44,7 +44,7 @@ class Optimizer(Configurable):
     # ---- state -------------------------------------------------------------------------------------------
     def build(self, n, xp, dtype):
         """Allocate zeroed state for ``n`` parameters on ``xp`` and reset the step count."""
-        n = check_number("n", n, lambda v: v >= 0, "a non-negative integer", cast=int)
+        n = number("n", n, lambda v: v >= 0, "a non-negative integer", cast=int)
         self.n, self.xp, self.dtype = n, xp, check_dtype(dtype)
         self.state_buffer = xp.zeros(len(self.slot_names) * n, dtype=self.dtype)
         self.slots = {s: self.state_buffer[i * n:(i + 1) * n] for i, s in enumerate(self.slot_names)}
@@ -85,7 +85,7 @@ class Optimizer(Configurable):
                 f"{self.n} parameters: expected a 1-D buffer of {self.state_buffer.size} values. "
                 f"Received: shape {tuple(np.shape(buffer))}")
         self.state_buffer[...] = self.xp.asarray(buffer, dtype=self.dtype)
-        self.iterations = check_number("iterations", state["iterations"], lambda v: v >= 0,
+        self.iterations = number("iterations", state["iterations"], lambda v: v >= 0,
                                        "a non-negative integer", cast=int)
 
     def _check_built(self, what):

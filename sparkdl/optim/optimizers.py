@@ -4,7 +4,7 @@ operations and at most the one ``_scratch`` temporary; ``grads`` may be overwrit
 Notation: ``p`` params, ``g`` gradient (after clipping), ``lr`` the current rate, ``t`` the 1-based step number.
 """
 from sparkdl.optim.base import Optimizer
-from sparkdl.optim.schedules import check_bool, check_number
+from ..checks import boolean, number
 
 
 def _floor(epsilon, dtype):
@@ -17,11 +17,11 @@ def _floor(epsilon, dtype):
 
 def _in_unit(name, value, closed=False):
     ok = (lambda v: 0 <= v <= 1) if closed else (lambda v: 0 <= v < 1)
-    return check_number(name, value, ok, f"a number in [0, 1{']' if closed else ')'}")
+    return number(name, value, ok, f"a number in [0, 1{']' if closed else ')'}")
 
 
 def _non_negative(name, value):
-    return check_number(name, value, lambda v: v >= 0, "a non-negative number")
+    return number(name, value, lambda v: v >= 0, "a non-negative number")
 
 
 class SGD(Optimizer):
@@ -37,7 +37,7 @@ class SGD(Optimizer):
                  name=None):
         super().__init__(learning_rate, clipnorm, name)
         self.momentum = _in_unit("momentum", momentum, closed=True)
-        self.nesterov = check_bool("nesterov", nesterov)
+        self.nesterov = boolean("nesterov", nesterov)
         if self.nesterov and self.momentum == 0:
             raise ValueError(f"nesterov=True needs momentum > 0. Received: momentum={momentum!r}")
         self.weight_decay = _non_negative("weight_decay", weight_decay)
@@ -117,7 +117,7 @@ class RMSprop(Optimizer):
         self.rho = _in_unit("rho", rho)
         self.momentum = _in_unit("momentum", momentum, closed=True)
         self.epsilon = _non_negative("epsilon", epsilon)
-        self.centered = check_bool("centered", centered)
+        self.centered = boolean("centered", centered)
         self.slot_names = ("velocity",) + ("average_gradient",) * self.centered + ("momentum",) * (self.momentum > 0)
 
     def build(self, n, xp, dtype):
@@ -177,7 +177,7 @@ class Adam(Optimizer):
         self.beta_2 = _in_unit("beta_2", beta_2)
         self.epsilon = _non_negative("epsilon", epsilon)
         self.weight_decay = _non_negative("weight_decay", weight_decay)
-        self.amsgrad = check_bool("amsgrad", amsgrad)
+        self.amsgrad = boolean("amsgrad", amsgrad)
         self.slot_names = ("m", "v", "v_max") if self.amsgrad else ("m", "v")
 
     def build(self, n, xp, dtype):

@@ -7,33 +7,10 @@ update uses ``schedule(0)``. Every schedule round trips through ``serialize``/``
 import math
 import numbers
 
+from ..checks import boolean, non_negative, number, positive_int
 from ..registry import Configurable, Registry
 
 SCHEDULES = Registry("schedule")  # class name -> class, filled by LearningRateSchedule.__init_subclass__
-
-
-def check_number(name, value, ok=lambda v: True, what="a number", cast=float):
-    """``value`` as a finite ``cast`` (float or int) when ``ok(value)``, else a ValueError naming ``name``."""
-    integral = cast is int
-    kind = numbers.Integral if integral else numbers.Real
-    if (isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value)
-            or (integral and value != int(value)) or not ok(value)):
-        raise ValueError(f"{name} must be {what}. Received: {name}={value!r}")
-    return cast(value)
-
-
-def check_bool(name, value):
-    if type(value).__name__ not in ("bool", "bool_"):  # numpy bools count, 0/1 do not
-        raise ValueError(f"{name} must be True or False. Received: {name}={value!r}")
-    return bool(value)
-
-
-def _learning_rate(name, value):
-    return check_number(name, value, lambda v: v >= 0, "a non-negative number")
-
-
-def _positive_int(name, value):
-    return check_number(name, value, lambda v: v > 0, "a positive integer", cast=int)
 
 
 class LearningRateSchedule(Configurable):
@@ -51,9 +28,9 @@ class StepDecay(LearningRateSchedule):
     """``initial_learning_rate * gamma ** (step // step_size)`` (PyTorch ``StepLR``, counted in optimizer steps)."""
 
     def __init__(self, initial_learning_rate, step_size, gamma=0.1):
-        self.initial_learning_rate = _learning_rate("initial_learning_rate", initial_learning_rate)
-        self.step_size = _positive_int("step_size", step_size)
-        self.gamma = check_number("gamma", gamma, lambda v: v > 0, "a positive number")
+        self.initial_learning_rate = non_negative("initial_learning_rate", initial_learning_rate)
+        self.step_size = positive_int("step_size", step_size)
+        self.gamma = number("gamma", gamma, lambda v: v > 0, "a positive number")
 
     def __call__(self, step):
         return self.initial_learning_rate * self.gamma ** (step // self.step_size)
@@ -68,10 +45,10 @@ class ExponentialDecay(LearningRateSchedule):
     (Keras ``ExponentialDecay``)."""
 
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False):
-        self.initial_learning_rate = _learning_rate("initial_learning_rate", initial_learning_rate)
-        self.decay_steps = _positive_int("decay_steps", decay_steps)
-        self.decay_rate = check_number("decay_rate", decay_rate, lambda v: v > 0, "a positive number")
-        self.staircase = check_bool("staircase", staircase)
+        self.initial_learning_rate = non_negative("initial_learning_rate", initial_learning_rate)
+        self.decay_steps = positive_int("decay_steps", decay_steps)
+        self.decay_rate = number("decay_rate", decay_rate, lambda v: v > 0, "a positive number")
+        self.staircase = boolean("staircase", staircase)
 
     def __call__(self, step):
         exponent = step // self.decay_steps if self.staircase else step / self.decay_steps
@@ -92,9 +69,9 @@ class CosineDecay(LearningRateSchedule):
     """
 
     def __init__(self, initial_learning_rate, decay_steps, alpha=0.0):
-        self.initial_learning_rate = _learning_rate("initial_learning_rate", initial_learning_rate)
-        self.decay_steps = _positive_int("decay_steps", decay_steps)
-        self.alpha = check_number("alpha", alpha, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+        self.initial_learning_rate = non_negative("initial_learning_rate", initial_learning_rate)
+        self.decay_steps = positive_int("decay_steps", decay_steps)
+        self.alpha = number("alpha", alpha, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
     def __call__(self, step):
         cosine = 0.5 * (1.0 + math.cos(math.pi * min(step, self.decay_steps) / self.decay_steps))
@@ -117,8 +94,8 @@ class LinearWarmup(LearningRateSchedule):
 
     def __init__(self, schedule, warmup_steps, start=0.0):
         self.schedule = get(schedule, name="schedule")
-        self.warmup_steps = _positive_int("warmup_steps", warmup_steps)
-        self.start = _learning_rate("start", start)
+        self.warmup_steps = positive_int("warmup_steps", warmup_steps)
+        self.start = non_negative("start", start)
 
     def _target(self, step):
         return self.schedule(step) if callable(self.schedule) else self.schedule
@@ -149,6 +126,6 @@ def get(identifier, name="learning_rate"):
                              f"Received: {identifier!r}")
         return SCHEDULES.lookup(identifier["class_name"], "class_name").from_config(identifier["config"])
     if isinstance(identifier, numbers.Real) and not isinstance(identifier, bool):
-        return _learning_rate(name, identifier)
+        return non_negative(name, identifier)
     raise ValueError(f"{name} must be a non-negative number, a LearningRateSchedule or its serialized dict. "
                      f"Received: {name}={identifier!r}")

@@ -9,7 +9,9 @@ import pyarrow as pa
 
 from .. import io
 from ..dist import wire
+from ..checks import positive_int
 from ..errors import DataError, FitInterrupted
+from ..metrics import Sums
 from ..dist.run import FitRun, stop_on_signals
 from . import data
 from .master import ParameterAveraging, _storage_level
@@ -48,8 +50,7 @@ class SparkTrainer:
             resume_from=None, verbose="auto"):
         self._check_model("fit")
         marks = {"fit": time.time()}
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive int. Received: epochs={epochs!r}")
+        epochs = positive_int("epochs", epochs)
         master, model = self.master, self.model
         resume_round = self._resume(resume_from) if resume_from is not None else 0
         level = _storage_level(master.storage_level)
@@ -148,23 +149,22 @@ class SparkTrainer:
         def partials(batches):
             from sparkdl.spark.trainer import _cached_model, _encode
             model = _cached_model(key, bc)
-            totals = None
+            sums = None
             for b in batches:
                 x, y = data.batch_to_numpy(b, n_features, True, what, features_col)
-                part = model.evaluate_partials(x.reshape((-1,) + input_shape), y, batch_size)
-                totals = part if totals is None else _merge_partials(totals, part)
-            if totals is not None:
-                yield pa.record_batch([pa.array([_encode(totals)], pa.binary())], names=["partials"])
+                part = model.evaluate_sums(x.reshape((-1,) + input_shape), y, batch_size)
+                sums = part if sums is None else sums.merge(part)
+            if sums is not None:
+                yield pa.record_batch([pa.array([_encode(sums)], pa.binary())], names=["partials"])
 
         sc.setJobDescription("sparkdl: evaluate")
         with data.task_errors():
             rows = prepared.mapInArrow(partials, "partials binary").collect()
         bc.destroy()
-        totals = None
+        sums = Sums()
         for row in rows:
-            part = _decode(row["partials"])
-            totals = part if totals is None else _merge_partials(totals, part)
-        return self.model.results_from_partials(totals)
+            sums.merge(_decode(row["partials"]))
+        return self.model.evaluate_results(sums)
 
     def predict(self, df, features_col="features", output_col="prediction", probability_col="probability",
                 batch_size=1024):
@@ -234,22 +234,12 @@ def _cached_model(key, bc):
     return model
 
 
-def _merge_partials(a, b):
-    from .. import metrics as metrics_mod
-    out = {"loss": a["loss"] + b["loss"]}
-    for k in a:
-        if k != "loss":
-            out[k] = metrics_mod.merge(a[k], b[k])
-    return out
-
-
-def _encode(totals):
-    """Evaluation sums as JSON bytes, so they travel as one Arrow binary value."""
-    metrics = {k: v for k, v in totals.items() if k != "loss"}
-    return json.dumps({"loss": np.asarray(totals["loss"]).tolist(),
-                       "metrics": wire.encode_partials(metrics)}).encode()
+def _encode(sums):
+    """Evaluation Sums as JSON bytes, so they travel as one Arrow binary value."""
+    return json.dumps({"n": sums.n, "loss_sum": float(sums.loss_sum),
+                       "metrics": wire.encode_partials(sums.partials)}).encode()
 
 
 def _decode(raw):
     plain = json.loads(raw)
-    return {"loss": np.asarray(plain["loss"]), **wire.decode_partials(plain["metrics"])}
+    return Sums(plain["n"], plain["loss_sum"], wire.decode_partials(plain["metrics"]))

@@ -3,43 +3,10 @@ import math
 
 import numpy as np
 
-from .. import metrics as metrics_mod
+from ..checks import positive_int
+from ..metrics import Sums
 from .callbacks import CallbackList, History
 from .progress import Progress
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int. Received: {name}={value!r}")
-    return int(value)
-
-
-class Totals:
-    """Loss and metric sums over some minibatches: mergeable across workers by addition."""
-
-    def __init__(self, metrics):
-        self.loss_sum, self.count = 0.0, 0
-        self.partials = {m.name: {} for m in metrics}
-        self.metrics = metrics
-
-    def add(self, model, loss, out, yb):
-        n = len(yb)
-        self.loss_sum = self.loss_sum + loss * n   # stays on the device until read
-        self.count += n
-        if self.metrics:
-            probs = model.probabilities(out)
-            for m in self.metrics:
-                self.partials[m.name] = metrics_mod.merge(self.partials[m.name], m.partial(probs, yb))
-
-    def loss(self):
-        return float(self.loss_sum) / max(self.count, 1)
-
-    def logs(self):
-        out = {"loss": self.loss()}
-        for m in self.metrics:
-            if self.partials[m.name]:
-                out[m.name] = m.result(self.partials[m.name])
-        return out
 
 
 def batch_slices(n, batch_size, order=None):
@@ -49,15 +16,15 @@ def batch_slices(n, batch_size, order=None):
 
 
 def train_batches(model, x, y, index_batches, totals=None, on_batch=None):
-    """Run one optimizer step per index batch of the host arrays (x, y); returns the running Totals."""
-    totals = totals or Totals(model.metrics)
+    """Run one optimizer step per index batch of the host arrays (x, y); returns the running Sums."""
+    totals = totals or Sums()
     resident = not isinstance(x, np.ndarray)  # the data already lives on the device
     for i, idx in enumerate(index_batches):
         if resident and isinstance(idx, np.ndarray):
             idx = model.xp.asarray(idx)
         xb, yb = model._device(x[idx]), model._device(y[idx])
         loss, out = model.train_on_batch(xb, yb)
-        totals.add(model, loss, out, yb)
+        totals.add(loss, yb, model.probabilities(out) if model.metrics else None, model.metrics)
         if on_batch is not None:
             on_batch(i, totals)
     return totals
@@ -66,8 +33,8 @@ def train_batches(model, x, y, index_batches, totals=None, on_batch=None):
 def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, shuffle=True, callbacks=(),
         verbose="auto", initial_epoch=0):
     model._check_compiled("fit")
-    epochs = _positive_int(epochs, "epochs")
-    batch_size = _positive_int(batch_size, "batch_size")
+    epochs = positive_int("epochs", epochs)
+    batch_size = positive_int("batch_size", batch_size)
     x, y = model.check_data(x, y)
     if len(x) == 0:
         raise ValueError("fit needs at least one example; received x with 0 rows")
@@ -87,8 +54,8 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, shuffle=True
         order = model.shuffle_rng.permutation(len(x)) if shuffle else None
         progress.start(f"Epoch {epoch + 1}/{epochs}")
         totals = train_batches(model, x, y, batch_slices(len(x), batch_size, order),
-                               on_batch=lambda i, t: progress.update(t.count, t.logs))
-        logs = totals.logs()
+                               on_batch=lambda i, t: progress.update(t.n, lambda: t.results(model.metrics)))
+        logs = totals.results(model.metrics)
         if not math.isfinite(logs["loss"]):
             model.set_flat_params(last_good[0])
             model.set_flat_state(last_good[1])
@@ -97,7 +64,7 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, shuffle=True
                                      f"or check the data for extreme values")
         if validation_data is not None:
             logs.update({f"val_{k}": v for k, v in model.evaluate(val_x, val_y, batch_size=max(batch_size, 256)).items()})
-        progress.end(totals.count, logs)
+        progress.end(totals.n, logs)
         cbs.on_epoch_end(epoch, logs)
         if model.stop_training:
             break

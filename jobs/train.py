@@ -20,6 +20,8 @@ from sparkdl.dist.modes import choices  # noqa: E402
 from sparkdl.errors import DataError  # noqa: E402
 
 PROG = "jobs/train.py"
+DEFAULTS = {"epochs": 10, "learning_rate": 0.005, "lr_schedule": "constant"}   # where neither option nor spec says
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass
@@ -35,9 +37,10 @@ class TrainConfig:
     model: str = "mlp"
     loss: str = "sparse_categorical_crossentropy"
     optimizer: str = "adam"
-    learning_rate: float = 0.005
+    learning_rate: float = None    # None: the spec's "training" section, else DEFAULTS
+    lr_schedule: str = None
     metrics: tuple = ("accuracy",)
-    epochs: int = 10
+    epochs: int = None
     num_workers: int = None
     batch_size_per_worker: int = 32
     averaging_frequency: int = 5
@@ -70,9 +73,12 @@ def parse_args(argv=None):
                    "or a JSON/YAML model spec file (as written by model.to_json(); input_shape may be left out)")
     g.add_argument("--loss", default=d.loss)
     g.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "adam", "adamw", "rmsprop", "adagrad"])
-    g.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    g.add_argument("--learning-rate", type=float, default=None, help="default: the spec's (its \"training\" "
+                   f"section), else {DEFAULTS['learning_rate']}")
+    g.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES, help="cosine: from --learning-rate down to 0 "
+                   "over the fit's optimizer steps (Keras' CosineDecay); default: the spec's, else constant")
     g.add_argument("--metrics", default=",".join(d.metrics), help="comma-separated metric names")
-    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--epochs", type=int, default=None, help=f"default: the spec's, else {DEFAULTS['epochs']}")
     g = p.add_argument_group("training master")
     g.add_argument("--num-workers", type=int, default=None, help="default: Spark's default parallelism")
     g.add_argument("--batch-size-per-worker", type=int, default=d.batch_size_per_worker)
@@ -122,14 +128,39 @@ def parse_args(argv=None):
     return cfg
 
 
-def build_model(cfg, spec, input_shape):
+def with_spec_defaults(cfg, spec):
+    """``cfg`` with what the options left unset taken from the spec's "training" section (the recipe its model
+    was tuned with: epochs, learning_rate, lr_schedule), else from DEFAULTS."""
+    training = spec.get("training", {})
+    if not isinstance(training, dict) or set(training) - set(DEFAULTS):
+        raise common.JobError(f"the \"training\" section of model spec {cfg.model!r} may set {sorted(DEFAULTS)}. "
+                              f"Received: {training!r}")
+    values = {k: getattr(cfg, k) if getattr(cfg, k) is not None else training.get(k, DEFAULTS[k]) for k in DEFAULTS}
+    if values["lr_schedule"] not in LR_SCHEDULES:
+        raise common.JobError(f"lr_schedule must be one of {list(LR_SCHEDULES)}. Received: {values['lr_schedule']!r}")
+    return dataclasses.replace(cfg, **values)
+
+
+def fit_steps(cfg, train, workers):
+    """The optimizer steps of each worker over the whole fit (what a cosine schedule decays over): the rows are
+    counted (one Spark pass) and split evenly among the workers."""
+    per_worker = -(-train.count() // workers)
+    return max(1, cfg.epochs * -(-per_worker // cfg.batch_size_per_worker))
+
+
+def build_model(cfg, spec, input_shape, steps=None):
+    """The compiled model; ``steps``: the optimizer steps of the fit (for --lr-schedule cosine)."""
     from sparkdl import optim
     from sparkdl.nn import model_from_config
     spec = {"class_name": spec["class_name"], "config": dict(spec["config"])}
     spec["config"]["input_shape"] = list(input_shape)
+    learning_rate = cfg.learning_rate
+    if cfg.lr_schedule == "cosine":
+        learning_rate = {"class_name": "CosineDecay",
+                         "config": {"initial_learning_rate": cfg.learning_rate, "decay_steps": steps}}
     try:
         model = model_from_config(spec, seed=cfg.seed)
-        optimizer = optim.get({"class_name": cfg.optimizer, "config": {"learning_rate": cfg.learning_rate}})
+        optimizer = optim.get({"class_name": cfg.optimizer, "config": {"learning_rate": learning_rate}})
         return model.compile(optimizer, cfg.loss, list(cfg.metrics))
     except (ValueError, TypeError) as e:
         raise common.JobError(f"cannot build --model {cfg.model} for input shape {tuple(input_shape)}: {e}") from None
@@ -199,10 +230,14 @@ def main(argv=None):
         if path:
             common.check_input(path, option)
     spec = common.load_spec(cfg.model)
+    cfg = with_spec_defaults(cfg, spec)
     from sparkdl.spark import ParameterAveraging, SparkTrainer
     spark = common.spark_session(cfg.master, "sparkdl-train")
     train, test, features_col, image_shape = load_data(cfg, spark)
-    model = build_model(cfg, spec, model_input_shape(cfg, spec, train, features_col, image_shape))
+    steps = None
+    if cfg.lr_schedule == "cosine":
+        steps = fit_steps(cfg, train, cfg.num_workers or spark.sparkContext.defaultParallelism)
+    model = build_model(cfg, spec, model_input_shape(cfg, spec, train, features_col, image_shape), steps)
     model.summary()
     master = ParameterAveraging(num_workers=cfg.num_workers, batch_size_per_worker=cfg.batch_size_per_worker,
                                 averaging_frequency=cfg.averaging_frequency, mode=cfg.mode,

@@ -5,6 +5,7 @@ spark-submit path is tests/test_cluster.py's."""
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -113,6 +114,39 @@ def test_a_malformed_model_file_fails_in_one_line(tmp_path, script):
     spec.write_text(open(os.path.join(REPO, "conf", "models", "mlp.json")).read())   # a spec is not a model file
     status, _, err, _ = run_script(script, "--model-file", spec)
     assert_one_line_error(status, err, script, str(spec))
+
+
+def test_the_spec_s_training_recipe_fills_the_options_left_unset():
+    train = job("train")
+    spec = {"class_name": "Sequential", "config": {"layers": []},
+            "training": {"epochs": 12, "learning_rate": 0.002, "lr_schedule": "cosine"}}
+    cfg = train.with_spec_defaults(train.parse_args([]), spec)
+    assert (cfg.epochs, cfg.learning_rate, cfg.lr_schedule) == (12, 0.002, "cosine")
+    cfg = train.with_spec_defaults(train.parse_args(["--epochs", "3", "--lr-schedule", "constant"]), spec)
+    assert (cfg.epochs, cfg.learning_rate, cfg.lr_schedule) == (3, 0.002, "constant")   # an option wins
+    cfg = train.with_spec_defaults(train.parse_args([]), {"class_name": "Sequential", "config": {}})
+    assert (cfg.epochs, cfg.learning_rate, cfg.lr_schedule) == (10, 0.005, "constant")  # no recipe: DEFAULTS
+    for bad, needle in (({"batch": 3}, "may set ['epochs', 'learning_rate', 'lr_schedule']"),
+                        ({"lr_schedule": "step"}, "lr_schedule must be one of ['constant', 'cosine']")):
+        with pytest.raises(job("common").JobError, match=re.escape(needle)):
+            train.with_spec_defaults(train.parse_args([]), {**spec, "training": bad})
+
+
+def test_a_cosine_schedule_decays_to_zero_over_the_fit_s_steps_of_one_worker():
+    train = job("train")
+
+    class Rows:
+        def count(self):
+            return 1001
+
+    cfg = train.with_spec_defaults(train.parse_args(["--lr-schedule", "cosine", "--learning-rate", "0.01",
+                                                     "--epochs", "3", "--batch-size-per-worker", "50"]), {})
+    steps = train.fit_steps(cfg, Rows(), workers=2)
+    assert steps == 3 * 11                               # 501 rows per worker: 11 minibatches of at most 50
+    model = train.build_model(cfg, json.load(open(os.path.join(REPO, "conf", "models", "mlp.json"))), (64,), steps)
+    schedule = model.optimizer.learning_rate
+    assert type(schedule).__name__ == "CosineDecay" and schedule.decay_steps == steps
+    assert float(schedule(0)) == pytest.approx(0.01) and float(schedule(steps)) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_bad_arguments_exit_2():

@@ -291,3 +291,20 @@ def test_transform_refuses_existing_output_columns(fitted, cancer):
     with pytest.raises(ValueError, match=r"the prediction DataFrame, column 'raw_missing': no such column.*"
                                          r"Param featuresCol"):
         model.copy({model.featuresCol: "raw_missing"}).transform(df)
+
+
+def test_the_defaults_train_a_small_table_as_far_as_logistic_regression(cancer):
+    # every Param at its default but the network (16 units, as a user would try first): a few hundred rows split
+    # between two workers make a few dozen steps an epoch, which the default learning rate must not leave short
+    from pyspark.ml import Pipeline
+    from sklearn import linear_model, pipeline, preprocessing
+    from sparkdl.ml import DeepClassifier
+    from sparkdl.nn import Dense, Sequential
+    train, test, names = cancer
+    spec = Sequential([Dense(16, activation="relu"), Dense(2, activation="softmax")]).to_json()
+    accuracy = _accuracy(Pipeline(stages=_stages(names, DeepClassifier(modelSpec=spec, seed=0))).fit(train)
+                         .transform(test))
+    (xtr, ytr), (xte, yte) = ((t[names].to_numpy(), t["diagnosis"].to_numpy())
+                              for t in (train.toPandas(), test.toPandas()))
+    sk_lr = pipeline.make_pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression()).fit(xtr, ytr)
+    assert accuracy >= sk_lr.score(xte, yte) - 3.01 / len(yte), (accuracy, sk_lr.score(xte, yte))

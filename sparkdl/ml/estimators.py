@@ -112,12 +112,15 @@ class DeepClassifier(Classifier, _DeepClassifierParams, _DeepSetters, SparkdlPer
     ``loss="binary_crossentropy"``. ``batchSize`` is per worker; ``numWorkers=0`` uses the SparkContext's
     default parallelism; ``mode`` is ParameterAveraging's ("jobs" or "barrier"). ``mlflowTrackingUri`` and
     ``tensorboardDir`` log each fit to MLflow and TensorBoard (``pip install sparkdl[tracking]``).
+    ``learningRate`` defaults to 0.01 (Keras' Adam: 0.001): the tables a Pipeline meets are often a few hundred
+    rows, split among the workers into a few dozen steps an epoch, which 0.001 leaves short of what the same
+    network reaches trained locally (breast cancer, 16 units, 3 seeds: 0.86-0.97 at 0.001, 0.97-0.98 at 0.01).
     """
 
     @keyword_only
     def __init__(self, *, featuresCol="features", labelCol="label", predictionCol="prediction",
                  probabilityCol="probability", rawPredictionCol="rawPrediction", modelSpec="",
-                 loss="sparse_categorical_crossentropy", optimizer="adam", learningRate=0.001, epochs=10,
+                 loss="sparse_categorical_crossentropy", optimizer="adam", learningRate=0.01, epochs=10,
                  batchSize=32, averagingFrequency=5, numWorkers=0, mode="auto", seed=None, validationFraction=0.0,
                  earlyStoppingPatience=0, exportDir="", mlflowTrackingUri="", tensorboardDir=""):
         super().__init__()
@@ -126,7 +129,7 @@ class DeepClassifier(Classifier, _DeepClassifierParams, _DeepSetters, SparkdlPer
     @keyword_only
     def setParams(self, *, featuresCol="features", labelCol="label", predictionCol="prediction",
                   probabilityCol="probability", rawPredictionCol="rawPrediction", modelSpec="",
-                  loss="sparse_categorical_crossentropy", optimizer="adam", learningRate=0.001, epochs=10,
+                  loss="sparse_categorical_crossentropy", optimizer="adam", learningRate=0.01, epochs=10,
                   batchSize=32, averagingFrequency=5, numWorkers=0, mode="auto", seed=None, validationFraction=0.0,
                   earlyStoppingPatience=0, exportDir="", mlflowTrackingUri="", tensorboardDir=""):
         return self._set(**_given(self._input_kwargs))
@@ -147,7 +150,7 @@ class DeepRegressor(Regressor, _DeepRegressorParams, _DeepSetters, SparkdlPersis
 
     @keyword_only
     def __init__(self, *, featuresCol="features", labelCol="label", predictionCol="prediction", modelSpec="",
-                 loss="mse", optimizer="adam", learningRate=0.001, epochs=10, batchSize=32, averagingFrequency=5,
+                 loss="mse", optimizer="adam", learningRate=0.01, epochs=10, batchSize=32, averagingFrequency=5,
                  numWorkers=0, mode="auto", seed=None, validationFraction=0.0, earlyStoppingPatience=0, exportDir="",
                  mlflowTrackingUri="", tensorboardDir=""):
         super().__init__()
@@ -155,7 +158,7 @@ class DeepRegressor(Regressor, _DeepRegressorParams, _DeepSetters, SparkdlPersis
 
     @keyword_only
     def setParams(self, *, featuresCol="features", labelCol="label", predictionCol="prediction", modelSpec="",
-                  loss="mse", optimizer="adam", learningRate=0.001, epochs=10, batchSize=32, averagingFrequency=5,
+                  loss="mse", optimizer="adam", learningRate=0.01, epochs=10, batchSize=32, averagingFrequency=5,
                   numWorkers=0, mode="auto", seed=None, validationFraction=0.0, earlyStoppingPatience=0,
                   exportDir="", mlflowTrackingUri="", tensorboardDir=""):
         return self._set(**_given(self._input_kwargs))

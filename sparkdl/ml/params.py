@@ -72,7 +72,7 @@ class _DeepParams(_PredictorParams, HasSeed):
     def __init__(self, *args):
         super().__init__(*args)
         # HasSeed's default is hash(class name), which Python randomizes per process
-        self._setDefault(modelSpec="", loss=self._default_loss, optimizer="adam", learningRate=0.001, epochs=10,
+        self._setDefault(modelSpec="", loss=self._default_loss, optimizer="adam", learningRate=0.01, epochs=10,
                          batchSize=32, averagingFrequency=5, numWorkers=0, mode="auto", validationFraction=0.0,
                          earlyStoppingPatience=0, exportDir="", mlflowTrackingUri="", tensorboardDir="",
                          seed=zlib.crc32(type(self).__name__.encode()))

@@ -20,7 +20,8 @@ from sparkdl.dist.modes import choices  # noqa: E402
 from sparkdl.errors import DataError  # noqa: E402
 
 PROG = "jobs/train.py"
-DEFAULTS = {"epochs": 10, "learning_rate": 0.005, "lr_schedule": "constant"}   # where neither option nor spec says
+DEFAULTS = {"epochs": 10, "learning_rate": 0.005, "lr_schedule": "constant",   # where neither option nor spec says
+            "label_smoothing": 0.0, "weight_decay": 0.0}
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -39,6 +40,8 @@ class TrainConfig:
     optimizer: str = "adam"
     learning_rate: float = None    # None: the spec's "training" section, else DEFAULTS
     lr_schedule: str = None
+    label_smoothing: float = None
+    weight_decay: float = None
     metrics: tuple = ("accuracy",)
     epochs: int = None
     num_workers: int = None
@@ -77,6 +80,10 @@ def parse_args(argv=None):
                    f"section), else {DEFAULTS['learning_rate']}")
     g.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES, help="cosine: from --learning-rate down to 0 "
                    "over the fit's optimizer steps (Keras' CosineDecay); default: the spec's, else constant")
+    g.add_argument("--label-smoothing", type=float, default=None, help="the categorical cross-entropies: each "
+                   "target becomes 1 - e on its class plus e / C on every class; default: the spec's, else 0")
+    g.add_argument("--weight-decay", type=float, default=None, help="the optimizer's weight decay (L2 for sgd and "
+                   "adam, decoupled for adamw); default: the spec's, else 0")
     g.add_argument("--metrics", default=",".join(d.metrics), help="comma-separated metric names")
     g.add_argument("--epochs", type=int, default=None, help=f"default: the spec's, else {DEFAULTS['epochs']}")
     g = p.add_argument_group("training master")
@@ -130,7 +137,7 @@ def parse_args(argv=None):
 
 def with_spec_defaults(cfg, spec):
     """``cfg`` with what the options left unset taken from the spec's "training" section (the recipe its model
-    was tuned with: epochs, learning_rate, lr_schedule), else from DEFAULTS."""
+    was tuned with: epochs, learning_rate, lr_schedule, label_smoothing, weight_decay), else from DEFAULTS."""
     training = spec.get("training", {})
     if not isinstance(training, dict) or set(training) - set(DEFAULTS):
         raise common.JobError(f"the \"training\" section of model spec {cfg.model!r} may set {sorted(DEFAULTS)}. "
@@ -160,10 +167,17 @@ def build_model(cfg, spec, input_shape, steps=None):
                          "config": {"initial_learning_rate": cfg.learning_rate, "decay_steps": steps}}
     try:
         model = model_from_config(spec, seed=cfg.seed)
-        optimizer = optim.get({"class_name": cfg.optimizer, "config": {"learning_rate": learning_rate}})
-        return model.compile(optimizer, cfg.loss, list(cfg.metrics))
     except (ValueError, TypeError) as e:
         raise common.JobError(f"cannot build --model {cfg.model} for input shape {tuple(input_shape)}: {e}") from None
+    opt_config = {"learning_rate": learning_rate}
+    if cfg.weight_decay:
+        opt_config["weight_decay"] = cfg.weight_decay
+    loss = {"class_name": cfg.loss, "config": {"label_smoothing": cfg.label_smoothing} if cfg.label_smoothing else {}}
+    try:
+        return model.compile(optim.get({"class_name": cfg.optimizer, "config": opt_config}), loss, list(cfg.metrics))
+    except (ValueError, TypeError) as e:
+        raise common.JobError(f"cannot compile with --optimizer {cfg.optimizer} {opt_config} and --loss {cfg.loss} "
+                              f"{loss['config']}: {e}") from None
 
 
 def load_data(cfg, spark):

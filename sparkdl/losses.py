@@ -11,6 +11,7 @@ Every loss is the mean over all examples (and over all outputs for the element-w
 import numpy as np
 
 from .backend import array_module, to_numpy
+from .checks import number
 from .registry import Registry
 
 EPSILON = 1e-7
@@ -22,18 +23,25 @@ def _rows(logits, labels):
     return logits.reshape(-1, c), labels.reshape(-1).astype(np.int64, copy=False)
 
 
-def sparse_categorical_crossentropy(logits, labels):
+def sparse_categorical_crossentropy(logits, labels, smoothing=0.0):
+    """With ``smoothing`` e the target of a row is (1 - e) on its label and e / C on every class (PyTorch's
+    ``label_smoothing``): the loss adds e times the mean over classes of -log softmax."""
     xp = array_module(logits)
     shape = logits.shape
     z, lab = _rows(logits, labels)
-    m = z.shape[0]
+    m, c = z.shape
     z = z - z.max(axis=1, keepdims=True)
     e = xp.exp(z)
     s = e.sum(axis=1, keepdims=True)
     rows = xp.arange(m)
-    loss = (xp.log(s[:, 0]) - z[rows, lab]).mean()
+    if smoothing:
+        loss = (xp.log(s[:, 0]) - (1.0 - smoothing) * z[rows, lab] - smoothing * z.mean(axis=1)).mean()
+    else:
+        loss = (xp.log(s[:, 0]) - z[rows, lab]).mean()
     e /= s * m
-    e[rows, lab] -= 1.0 / m
+    if smoothing:
+        e -= smoothing / (c * m)
+    e[rows, lab] -= (1.0 - smoothing) / m
     return loss, e.reshape(shape)
 
 
@@ -61,12 +69,17 @@ def _clip(p):
     return array_module(p).clip(p, EPSILON, 1.0 - EPSILON)
 
 
-def sparse_categorical_crossentropy_probs(probs, labels):
+def sparse_categorical_crossentropy_probs(probs, labels, smoothing=0.0):
     xp = array_module(probs)
     shape = probs.shape
     p, lab = _rows(probs, labels)
     m = p.shape[0]
     rows = xp.arange(m)
+    if smoothing:   # the dense smoothed targets
+        q = xp.full(p.shape, smoothing / p.shape[1], p.dtype)
+        q[rows, lab] += 1.0 - smoothing
+        loss, grad = categorical_crossentropy_probs(p, q)
+        return loss, grad.reshape(shape)
     py = _clip(p[rows, lab])
     grad = xp.zeros_like(p)
     grad[rows, lab] = -1.0 / (py * m)
@@ -153,12 +166,24 @@ class Loss:
         return f"{type(self).__name__}({self.get_config()})"
 
 
+def _smoothing(value):
+    return number("label_smoothing", value, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
 class SparseCategoricalCrossentropy(Loss):
+    """``label_smoothing`` e: each row's target is 1 - e on its label plus e / C on every class."""
     name, kind, fuses_with = "sparse_categorical_crossentropy", "multiclass", "softmax"
+
+    def __init__(self, from_logits=None, label_smoothing=0.0):
+        super().__init__(from_logits)
+        self.label_smoothing = _smoothing(label_smoothing)
 
     def __call__(self, y_pred, y_true):
         fn = sparse_categorical_crossentropy_probs if self.mode == "probs" else sparse_categorical_crossentropy
-        return fn(y_pred, y_true)
+        return fn(y_pred, y_true, self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
     def check_targets(self, y, output_shape, dtype=np.float32):
         y = np.asarray(to_numpy(y))
@@ -184,11 +209,21 @@ class SparseCategoricalCrossentropy(Loss):
 
 
 class CategoricalCrossentropy(Loss):
+    """``label_smoothing`` e (Keras'): the targets become (1 - e) y + e / C."""
     name, kind, fuses_with = "categorical_crossentropy", "multiclass", "softmax"
 
+    def __init__(self, from_logits=None, label_smoothing=0.0):
+        super().__init__(from_logits)
+        self.label_smoothing = _smoothing(label_smoothing)
+
     def __call__(self, y_pred, y_true):
+        if self.label_smoothing:
+            y_true = y_true * (1.0 - self.label_smoothing) + self.label_smoothing / y_true.shape[-1]
         fn = categorical_crossentropy_probs if self.mode == "probs" else categorical_crossentropy
         return fn(y_pred, y_true)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
     def check_targets(self, y, output_shape, dtype=np.float32):
         y = super().check_targets(y, output_shape, dtype)

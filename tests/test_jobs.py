@@ -126,7 +126,8 @@ def test_the_spec_s_training_recipe_fills_the_options_left_unset():
     assert (cfg.epochs, cfg.learning_rate, cfg.lr_schedule) == (3, 0.002, "constant")   # an option wins
     cfg = train.with_spec_defaults(train.parse_args([]), {"class_name": "Sequential", "config": {}})
     assert (cfg.epochs, cfg.learning_rate, cfg.lr_schedule) == (10, 0.005, "constant")  # no recipe: DEFAULTS
-    for bad, needle in (({"batch": 3}, "may set ['epochs', 'learning_rate', 'lr_schedule']"),
+    for bad, needle in (({"batch": 3}, "may set ['epochs', 'label_smoothing', 'learning_rate', 'lr_schedule', "
+                                       "'weight_decay']"),
                         ({"lr_schedule": "step"}, "lr_schedule must be one of ['constant', 'cosine']")):
         with pytest.raises(job("common").JobError, match=re.escape(needle)):
             train.with_spec_defaults(train.parse_args([]), {**spec, "training": bad})
@@ -147,6 +148,19 @@ def test_a_cosine_schedule_decays_to_zero_over_the_fit_s_steps_of_one_worker():
     schedule = model.optimizer.learning_rate
     assert type(schedule).__name__ == "CosineDecay" and schedule.decay_steps == steps
     assert float(schedule(0)) == pytest.approx(0.01) and float(schedule(steps)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_label_smoothing_and_weight_decay_reach_the_loss_and_the_optimizer():
+    train, common = job("train"), job("common")
+    spec = json.load(open(os.path.join(REPO, "conf", "models", "mlp.json")))
+    cfg = train.with_spec_defaults(train.parse_args(["--label-smoothing", "0.1", "--optimizer", "adamw"]),
+                                   {**spec, "training": {"weight_decay": 0.02}})
+    model = train.build_model(cfg, spec, (64,), steps=100)
+    assert model.loss.label_smoothing == 0.1 and model.optimizer.weight_decay == 0.02
+    cfg = train.with_spec_defaults(train.parse_args(["--label-smoothing", "0.1", "--loss", "mse"]), spec)
+    with pytest.raises(common.JobError, match=r"cannot compile with --optimizer adam .* and --loss mse "
+                                              r"\{'label_smoothing': 0.1\}"):
+        train.build_model(cfg, spec, (64,), steps=100)
 
 
 def test_bad_arguments_exit_2():

@@ -227,7 +227,7 @@ def test_subclassed_model_is_refused(tmp_path):
     ("optimizer", {"class_name": "Adam", "config": {"learning_rate": {"class_name": "ExponentialDecay"}}},
      "constant learning rate"),
     ("loss", "kl_divergence", "loss 'kl_divergence'"),
-    ("loss", {"class_name": "CategoricalCrossentropy", "config": {"label_smoothing": 0.1}}, "label_smoothing=0.1"),
+    ("loss", {"class_name": "BinaryCrossentropy", "config": {"label_smoothing": 0.1}}, "label_smoothing=0.1"),
     ("metrics", ["auc"], "metric 'auc'"),
 ])
 def test_unsupported_compile_settings(tmp_path, part, value, match):
@@ -321,3 +321,11 @@ def test_a_sparkdl_file_named_like_a_keras_file_still_loads(tmp_path):
     save_model(load_keras(path_of("mlp", "keras")), path)
     x, y = reference("mlp")
     np.testing.assert_allclose(sparkdl.load_model(path).predict(x), y, rtol=1e-5, atol=1e-5)
+
+
+def test_categorical_label_smoothing_comes_with_the_loss():
+    from sparkdl import losses
+    from sparkdl.io import keras_compile
+    spec = keras_compile._loss({"class_name": "CategoricalCrossentropy", "config": {"label_smoothing": 0.1}}, "f")
+    assert spec == {"class_name": "categorical_crossentropy", "config": {"label_smoothing": 0.1, "from_logits": False}}
+    assert losses.get(spec).label_smoothing == 0.1

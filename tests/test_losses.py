@@ -122,3 +122,36 @@ def test_target_checks_name_expected_and_received():
     with pytest.raises(ValueError, match="finite"):
         losses.get("mse").check_targets(np.array([np.nan]), (1,))
     assert losses.get("mse").check_targets(np.zeros(4), (1,)).shape == (4, 1)
+
+
+@pytest.mark.parametrize("mode", ["logits", "probs"])
+@pytest.mark.parametrize("sparse", [True, False])
+def test_label_smoothing_is_the_cross_entropy_to_the_smoothed_targets(sparse, mode):
+    # the loss and its gradient against the same cross-entropy written out on the smoothed target rows, and the
+    # gradient against finite differences (float64)
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(6, 5))
+    labels = rng.integers(0, 5, size=6)
+    onehot = np.eye(5)[labels]
+    eps = 0.2
+    q = onehot * (1 - eps) + eps / 5
+    loss = (losses.SparseCategoricalCrossentropy if sparse else losses.CategoricalCrossentropy)(
+        from_logits=mode == "logits", label_smoothing=eps)
+    loss.bind(None)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    x = z if mode == "logits" else p
+    value, grad = loss(x, labels if sparse else onehot)
+    expected = -(q * np.log(p)).sum(1).mean()
+    assert float(value) == pytest.approx(expected, rel=1e-9)
+    numeric = np.zeros_like(x)
+    for i in np.ndindex(*x.shape):
+        d = np.zeros_like(x)
+        d[i] = 1e-6
+        numeric[i] = (float(loss(x + d, labels if sparse else onehot)[0])
+                      - float(loss(x - d, labels if sparse else onehot)[0])) / 2e-6
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-8)
+    assert loss.get_config()["label_smoothing"] == eps
+    assert losses.get(losses.serialize(loss)).label_smoothing == eps
+    with pytest.raises(ValueError, match=r"label_smoothing must be a number in \[0, 1\). Received: label_smoothing=1"):
+        type(loss)(label_smoothing=1)

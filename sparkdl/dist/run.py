@@ -64,7 +64,7 @@ class FitRun(Stoppable):
         worker's, where the master reports them."""
         names = {"checked": "input checks (one Spark pass)", "mode": "mode chosen, validation data ready",
                  "launched": "launch", "started": "workers' tasks begun", "loaded": "partitions loaded",
-                 "built": "models built", "ready": "workers ready (jobs mode: the export)",
+                 "built": "models built", "ready": "workers ready (barrier: the rendezvous; jobs: the export)",
                  "round 1": "first round"}
         marks = sorted((t, step) for step, t in self.marks.items() if step in names or step == "fit")
         steps, before = [], self.marks.get("fit")

@@ -80,7 +80,7 @@ def _loss(spec, name):
     target = _LOSSES[key]
     out = {}
     for k, v in config.items():
-        if k in ("from_logits", "delta"):
+        if k in ("from_logits", "delta") or (k == "label_smoothing" and target == "categorical_crossentropy"):
             out[k] = v
         elif k in ("name", "dtype") or (k, v) in (("reduction", "sum_over_batch_size"), ("reduction", "auto"),
                                                   ("label_smoothing", 0), ("label_smoothing", 0.0), ("axis", -1)):

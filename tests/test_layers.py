@@ -80,3 +80,32 @@ def test_the_walkthrough_layer_of_docs_architecture_passes_check_layer():
         assert testing.check_registered_layers(["Scale"]) == 2
     finally:
         del layer._REGISTRY["Scale"]
+
+
+def test_random_shift_moves_each_image_within_its_bounds_in_training_only():
+    from sparkdl.nn import RandomShift, Sequential
+    x = np.random.default_rng(0).random((64, 7, 9, 2)).astype(np.float32) + 1   # no zeros of its own
+    model = Sequential([RandomShift(2, flip=True)], input_shape=(7, 9, 2), seed=5).build()
+    out = model.forward(x, True)
+    seen = set()
+    for img, src in zip(out, x):   # each output is its image moved by (dy, dx), maybe mirrored, zeros around
+        found = [(dy, dx, f) for dy in range(-2, 3) for dx in range(-2, 3) for f in (False, True)
+                 if np.array_equal(img, _shifted(src[:, ::-1] if f else src, dy, dx))]
+        assert found, "an output is not a shift of its image"
+        seen.update(found)
+    assert len(seen) > 20                                    # 64 images draw many of the 50 moves
+    np.testing.assert_array_equal(model.predict(x), x)       # inference: unchanged
+    again = Sequential([RandomShift(2, flip=True)], input_shape=(7, 9, 2), seed=5).build()
+    np.testing.assert_array_equal(again.forward(x, True), out)   # seeded
+    with pytest.raises(ValueError, match=r"RandomShift takes images \(height, width, channels\)"):
+        Sequential([RandomShift()], input_shape=(7, 9)).build()
+    with pytest.raises(ValueError, match=r"max_shift must be a non-negative integer. Received: max_shift=-1"):
+        RandomShift(-1)
+
+
+def _shifted(img, dy, dx):
+    h, w = img.shape[:2]
+    out = np.zeros_like(img)
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = img[max(-dy, 0):h - max(dy, 0),
+                                                                    max(-dx, 0):w - max(dx, 0)]
+    return out

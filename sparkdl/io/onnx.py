@@ -1,11 +1,11 @@
 """ONNX export: a sparkdl model as a graph of standard ONNX operators (default opset 17, any from 13 up).
 
-The graph computes what ``model.predict`` computes (inference: Dropout is the identity, BatchNormalization uses
+The graph computes what ``model.predict`` computes (inference: Dropout and RandomShift are the identity, BatchNormalization uses
 its moving statistics) on float32 inputs and outputs laid out as sparkdl's, with a dynamic batch dimension
 ("batch"). Weights become initializers named ``"<layer name>.<weight name>"``.
 
 How layers map:
-- Dense: MatMul (+ Add); Flatten, Reshape, Dropout (nothing), Embedding: Cast to int64 + Gather; Add: Add;
+- Dense: MatMul (+ Add); Flatten, Reshape, Dropout, RandomShift (nothing), Embedding: Cast to int64 + Gather; Add: Add;
   Concatenate: Concat.
 - Conv2D, MaxPooling2D, AveragePooling2D: Conv / MaxPool / AveragePool, which take NCHW. Channels-last layers
   get a Transpose on each side; consecutive image layers share them (a value remembers its NCHW twin, and

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..nn import activations as acts
+from ..nn.augment import RandomShift
 from ..nn.conv import Conv2D
 from ..nn.core import Dense, Dropout, Flatten, Reshape
 from ..nn.embedding import Embedding
@@ -90,7 +91,7 @@ def _reshape(g, layer, x):
     return g.op("Reshape", [x, g.ints([-1, *layer.output_shape])], layer.name)
 
 
-def _dropout(g, layer, x):
+def _identity(g, layer, x):   # what predict computes for Dropout and the augmentation layers
     return x
 
 
@@ -248,7 +249,7 @@ def _gru(g, layer, x):
 
 
 _CONVERTERS = {
-    Dense: _dense, Flatten: _flatten, Reshape: _reshape, Dropout: _dropout, Embedding: _embedding,
+    Dense: _dense, Flatten: _flatten, Reshape: _reshape, Dropout: _identity, RandomShift: _identity, Embedding: _embedding,
     Add: _add, Concatenate: _concatenate,
     Conv2D: _conv2d, MaxPooling2D: _pooling("MaxPool"),
     AveragePooling2D: _pooling("AveragePool", count_include_pad=0),

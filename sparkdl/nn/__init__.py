@@ -1,5 +1,6 @@
 """Layers and models (the numeric core). Imports neither pyspark nor cupy."""
 from .activations import ELU, GELU, Activation, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh
+from .augment import RandomShift
 from .conv import Conv2D
 from .core import Dense, Dropout, Flatten, Reshape
 from .embedding import Embedding

@@ -238,3 +238,26 @@ def test_small_cnn_learns_digits():
     m.compile(optim.Adam(0.003), "sparse_categorical_crossentropy", ["accuracy"])
     m.fit(xtr, ytr, epochs=12, batch_size=32, verbose=0)
     assert m.evaluate(xte, yte)["accuracy"] >= 0.95
+
+
+def test_a_worker_round_draws_its_dropout_masks_from_the_round_alone():
+    # what makes a resumed distributed fit end with the weights of an uninterrupted one when the model has Dropout
+    from sparkdl.dist import schedule
+    from sparkdl.dist.worker import fit_round
+    from sparkdl.nn import Dropout
+    rng = np.random.default_rng(0)
+    x, y = rng.random((40, 6)).astype(np.float32), rng.integers(0, 3, 40)
+    model = Sequential([Dense(8, activation="relu"), Dropout(0.5), Dense(3, activation="softmax")], input_shape=(6,),
+                       seed=1).compile("adam", "sparse_categorical_crossentropy")
+    start = model.get_flat_params(), model.optimizer.get_state()["buffer"].copy()
+    batches = schedule.round_batches(np.arange(40), 8, 5, 0)
+
+    def round_from_start(key, draws_before):
+        model.rng.random(draws_before)     # what earlier rounds drew
+        return fit_round(model, x, y, batches, start[0], model.get_flat_state(), start[1], 0, True,
+                         rng_key=key).params
+    a = round_from_start(schedule.round_key(7, 1, 12), 0)
+    b = round_from_start(schedule.round_key(7, 1, 12), 1000)
+    c = round_from_start(schedule.round_key(7, 1, 13), 0)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)

@@ -40,7 +40,7 @@ def _train(rank, model, x, y, spec, start, sync, control, views, read_s, device)
         control.check()
         batches = schedule.round_blocks(order, freq, r) if spilled else schedule.round_batches(order, batch, freq, r)
         res = fit_round(model, x, y, batches, None, None, None, iterations, spec["average_optimizer_state"], record,
-                        copy=False)
+                        copy=False, rng_key=schedule.round_key(spec["seed"], rank, g))
         ns = [schedule.round_examples(n, batch, freq, r) for n in sizes]
         total_n = sum(ns)
         weights = [n / total_n for n in ns]

@@ -23,6 +23,12 @@ def epoch_order(n_rows, seed, epoch, worker, shuffle=True):
     return np.random.default_rng([0 if seed is None else seed, epoch, worker]).permutation(n_rows)
 
 
+def round_key(seed, worker, g):
+    """What a worker's random draws in global round ``g`` (dropout masks, augmentation) come from: a function of
+    the round, not of the draws before it, so that a fit resumed at round g draws what an uninterrupted one does."""
+    return [0 if seed is None else seed, worker, g, 1]
+
+
 def round_batches(order, batch_size, averaging_frequency, round_in_epoch):
     """The index arrays of this worker's minibatches in one round (empty when its shard is used up)."""
     start = round_in_epoch * averaging_frequency * batch_size

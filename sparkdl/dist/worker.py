@@ -38,13 +38,16 @@ def worker_model(model_json, compile_json, backend="numpy"):
 
 
 def fit_round(model, x, y, index_batches, params, state, opt_buffer, iterations, average_optimizer_state,
-              record=None, copy=True, grad_norms=False):
+              record=None, copy=True, grad_norms=False, rng_key=None):
     """Load the driver's buffers into ``model`` (unless ``params`` is None), fit ``index_batches`` of (x, y), and
     return a RoundResult
     (params, state, optimizer state if averaged, loss/metric sums, a timing record). With ``copy=False`` the
     buffers are views of the model's, valid until the model trains again. ``grad_norms``: put the per-layer norms
-    of the round's last gradient in the record."""
+    of the round's last gradient in the record. ``rng_key``: the round's random draws come from it
+    (``schedule.round_key``)."""
     t0 = time.time()
+    if rng_key is not None:
+        model.reseed(rng_key)
     opt = model.optimizer
     if params is not None:  # None: the model already holds the round's starting point (barrier mode)
         model.set_flat_params(params)

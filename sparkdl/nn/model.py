@@ -77,6 +77,15 @@ class Model(FlatBuffers, ThreadedSteps):
         self.built = True
         return self
 
+    def reseed(self, key):
+        """Draw the layers' random numbers (dropout masks, augmentation) from a generator of ``key`` (a list of
+        ints) from now on; replicas get keys of their own."""
+        self._ensure_built()
+        for k, model in enumerate([self] + (self._replicas or [])):
+            model.rng = make_rng(model.xp, np.random.SeedSequence(list(key) + ([k] if k else [])))
+            for layer in model.layers:
+                layer.place(model.xp, model.dtype, model.rng)
+
     def _ensure_built(self):
         if not self.built:
             self.build()

@@ -170,5 +170,6 @@ def _round_task(paths, input_shape, model_json, compile_json, seed, shuffle, bat
         batches = _schedule.round_batches(order, batch_size, freq, r)
         record["read_s"] = _time.time() - record["start"]
         yield fit_round(model, x, y, batches, payload["params"], payload["state"], payload["opt"],
-                        payload["iterations"], average_optimizer_state, record, grad_norms=True)
+                        payload["iterations"], average_optimizer_state, record, grad_norms=True,
+                        rng_key=_schedule.round_key(seed, worker, g))
     return task

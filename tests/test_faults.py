@@ -2,6 +2,7 @@
 jobs/train.py), a killed driver then --resume. Each ends with the weights an undisturbed run ends with and leaves no
 process behind. (A killed barrier worker: tests/test_barrier.py.)"""
 import glob
+import logging
 import os
 import signal
 import subprocess
@@ -59,26 +60,34 @@ def python_workers():
 
 
 class KillWorkers(Callback):
-    """For ``window`` seconds after round ``at``, SIGKILL every Python worker there is: the next round's tasks die
-    (a worker killed while idle is only replaced)."""
+    """After round ``at``, SIGKILL every Python worker there is until the sparkdl log says a round failed and runs
+    again (a worker killed while idle is only replaced, so the killing goes on until a round's task dies), or
+    ``window`` seconds have passed: on a loaded machine the next round may start late."""
 
-    def __init__(self, at, window=0.15):
+    def __init__(self, at, window=10.0):
         self.at, self.window, self.killed = at, window, []
+        self.failed = threading.Event()
+        self.watch = logging.Handler()
+        self.watch.emit = lambda record: "running it again" in record.getMessage() and self.failed.set()
 
     def on_round_end(self, round, logs=None):
         if round == self.at:
+            logging.getLogger("sparkdl").addHandler(self.watch)
             threading.Thread(target=self._kill, daemon=True).start()
 
     def _kill(self):
         deadline = time.monotonic() + self.window
-        while time.monotonic() < deadline:
-            for pid in python_workers():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    self.killed.append(pid)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.002)
+        try:
+            while time.monotonic() < deadline and not self.failed.is_set():
+                for pid in python_workers():
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        self.killed.append(pid)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.002)
+        finally:
+            logging.getLogger("sparkdl").removeHandler(self.watch)
 
 
 def test_a_killed_python_worker_reruns_its_round_in_local_mode(digits, caplog):

@@ -2,8 +2,9 @@
 the driver only follows. Spark-free: sparkdl.spark.barrier launches ``worker_main`` in one barrier stage,
 tests launch it in plain processes.
 
-Placement. The workers find each other through one rendezvous (``ctx.all_gather``: Spark's
-BarrierTaskContext.allGather): each says which host it is on (hostname and /dev/shm) and where it listens.
+Placement. The workers find each other through the driver (sparkdl.dist.rendezvous; not Spark's
+BarrierTaskContext.allGather, which takes a second a call): each says which host it is on (hostname and /dev/shm)
+and where it listens, and hears the same of all the others.
 The workers of one host form a group that shares one region of memory (sparkdl.dist.host), its leader being
 the one with the lowest id; the leaders of all hosts all-reduce over TCP, fully connected (sparkdl.dist.mesh). With
 ``shared_memory=False`` (or on a GPU, or where the host cannot share memory) every worker is a group of its own.

@@ -19,6 +19,7 @@ from .averaging import Contribution, Tally
 from .block import block_parts, split
 from .control import ControlServer, WorkerLost
 from .mesh import bounds
+from .topology import Topology
 
 log = logging.getLogger("sparkdl")
 
@@ -125,6 +126,13 @@ class BarrierDriver:
         while True:
             hellos = self.server.wait_for_workers(self.n_workers, min_attempt)
             self.attempt = max(h.get("attempt", 0) for h in hellos.values())
+            try:
+                hellos = self._rendezvous(hellos)
+            except WorkerLost as lost:   # its stage attempt fails: Spark retries it
+                self.lost.append(str(lost))
+                self.server.abort("a worker was lost; the stage is retried")
+                min_attempt = self.attempt + 1
+                continue
             sizes = [hellos[w]["rows"] for w in range(self.n_workers)]
             if self.sizes is None:
                 keys = ("worker", "host", "address", "pid", "started", "loaded", "built")
@@ -150,6 +158,25 @@ class BarrierDriver:
                 self.lost.append(str(lost))
                 self.server.abort("a worker was lost; the stage is retried")
                 min_attempt = self.attempt + 1
+
+    def _rendezvous(self, hellos):
+        """Tell every worker where all of them are (and whether they may share memory: only if all can), relay the
+        host leaders' offers of their shared memory where some host has several workers, and wait until every
+        worker is ready (has mapped its host's region). Returns the hellos with each worker's place in the
+        topology, as the workers computed it from the same messages."""
+        n = self.n_workers
+        infos = [{k: hellos[w].get(k) for k in ("worker", "attempt", "host", "address", "port")} for w in range(n)]
+        share = all(h.get("share") is True for h in hellos.values())
+        self.server.send_all({"type": "peers", "infos": infos, "share": share})
+        offers = None
+        if any(len(g) > 1 for g in Topology(infos, share).groups):
+            offers = [self.server.recv(w, "offer")[0].get("offer") for w in range(n)]
+            self.server.send_all({"type": "offers", "offers": offers})
+        for w in range(n):
+            self.server.recv(w, "ready")
+        topo = Topology(infos, share, offers)
+        return {w: {**h, "leader_rank": topo.leader_rank.get(w), "leaders": len(topo.leaders),
+                    "group": topo.group_of[w]} for w, h in hellos.items()}
 
     def owned(self, hello):
         """The model range a leader holds summed (and is sent at the start, and sends back); none for others."""

@@ -1,5 +1,5 @@
-"""Barrier fits without Spark: every worker a plain process (``python -m sparkdl.dist.procs DIR RANK``), the
-rendezvous through files in DIR, the shards as .npy files. The tests and benchmarks run the runtime this way;
+"""Barrier fits without Spark: every worker a plain process (``python -m sparkdl.dist.procs DIR RANK ...``), the
+shards as .npy files in DIR. The tests and benchmarks run the runtime this way;
 on a real cluster sparkdl.spark launches the same ``worker_main`` in a barrier stage.
 
 A worker may run behind a command prefix (``ip netns exec ...`` for a simulated host), on an address and with a
@@ -16,43 +16,11 @@ import time
 import numpy as np
 
 
-class FileRendezvous:
-    """``all_gather`` for the workers of one attempt: each call writes one file per worker, then waits for all."""
-
-    def __init__(self, directory, rank, size, timeout=120.0):
-        self.directory, self.rank, self.size, self.timeout, self.calls = directory, rank, size, timeout, 0
-
-    def all_gather(self, message):
-        call = os.path.join(self.directory, f"call-{self.calls}")
-        self.calls += 1
-        os.makedirs(call, exist_ok=True)
-        tmp = os.path.join(call, f".{self.rank}.tmp")
-        with open(tmp, "w") as f:
-            f.write(message)
-        os.replace(tmp, os.path.join(call, str(self.rank)))
-        deadline = time.monotonic() + self.timeout
-        paths = [os.path.join(call, str(r)) for r in range(self.size)]
-        while not all(os.path.exists(p) for p in paths):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {sum(os.path.exists(p) for p in paths)} of {self.size} workers reached the "
-                                   f"rendezvous within {self.timeout:.0f} s")
-            time.sleep(0.002)
-        out = []
-        for p in paths:
-            with open(p) as f:
-                out.append(f.read())
-        return out
-
-
 class ProcessContext:
-    def __init__(self, rank, attempt, address, host, rendezvous):
+    def __init__(self, rank, attempt, address, host):
         from .host import host_key
         self.rank, self.attempt, self.address = rank, attempt, address
         self.host = host or host_key()
-        self._rendezvous = rendezvous
-
-    def all_gather(self, message):
-        return self._rendezvous.all_gather(message)
 
 
 class ProcessLauncher:
@@ -101,15 +69,14 @@ class ProcessLauncher:
 
     def _run_attempt(self):
         self._attempt += 1
-        rendezvous = os.path.join(self.directory, f"attempt-{self._attempt}")
-        os.makedirs(rendezvous)
+        logs = os.path.join(self.directory, f"attempt-{self._attempt}")
+        os.makedirs(logs)
         env = dict(os.environ, **(self.env or {}))
         env["PYTHONPATH"] = os.pathsep.join(p for p in [_source_root(), env.get("PYTHONPATH")] if p)
         self.procs = []
         for w in range(self.num_workers):
-            args = [self.directory, str(w), str(self.num_workers), str(self._attempt * 1000 + w), self.addresses[w],
-                    self.hosts[w] or "", rendezvous]
-            log = open(os.path.join(rendezvous, f"worker-{w}.log"), "w")
+            args = [self.directory, str(w), str(self._attempt * 1000 + w), self.addresses[w], self.hosts[w] or ""]
+            log = open(os.path.join(logs, f"worker-{w}.log"), "w")
             self.procs.append(subprocess.Popen([*self.prefixes[w], sys.executable, "-m", "sparkdl.dist.procs", *args],
                                                env=env, stdout=log, stderr=subprocess.STDOUT))
             log.close()
@@ -122,7 +89,7 @@ class ProcessLauncher:
                 self._stop()
                 tails = []
                 for w in bad:
-                    with open(os.path.join(rendezvous, f"worker-{w}.log")) as f:
+                    with open(os.path.join(logs, f"worker-{w}.log")) as f:
                         lines = f.read().strip().splitlines()
                     tails.append(f"worker {w} exited with {codes[w]}: {lines[-1] if lines else ''}")
                 self.failures.append("; ".join(tails) or "cancelled")
@@ -151,8 +118,8 @@ def _source_root():
 
 
 def main(argv):
-    directory, rank, size, attempt, address, host, rendezvous = argv
-    rank, size, attempt = int(rank), int(size), int(attempt)
+    directory, rank, attempt, address, host = argv
+    rank, attempt = int(rank), int(attempt)
     with open(os.path.join(directory, "spec.json")) as f:
         spec = json.load(f)
     x = np.load(os.path.join(directory, f"x-{rank}.npy"), allow_pickle=False, mmap_mode="r")
@@ -169,8 +136,7 @@ def main(argv):
     from ..backend import resolve
     from .barrier import worker_main
     spec["backend"] = resolve(spec["backend"], (), local=True)
-    worker_main(ProcessContext(rank, attempt, address, host or None, FileRendezvous(rendezvous, rank, size)),
-                spec, x, y)
+    worker_main(ProcessContext(rank, attempt, address, host or None), spec, x, y)
 
 
 if __name__ == "__main__":

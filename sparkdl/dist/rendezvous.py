@@ -1,9 +1,8 @@
-"""A barrier worker from joining to the end of its fit: the rendezvous (where every worker is, which workers
-share a host's memory, the leaders' offers of their regions), the hello to the driver and its start message, the
-mesh between the hosts' leaders, then its rounds (sparkdl.dist.rounds), and on a failure or a stop the way out
+"""A barrier worker from joining to the end of its fit: the rendezvous through the driver (the hello says where the
+worker is; the driver answers with where every worker is, relays the host leaders' offers of their shared memory
+regions where some host has several workers, and sends the start message once every worker is ready), the mesh
+between the hosts' leaders, then its rounds (sparkdl.dist.rounds), and on a failure or a stop the way out
 that lets the other workers and the driver know."""
-import hashlib
-import json
 import os
 import time
 
@@ -18,44 +17,14 @@ from .mesh import Mesh
 from .rounds import _train
 from .spill import is_spilled
 from .sync import _Sync
-
-
-class Topology:
-    """Who averages with whom, as every worker computes it from the rendezvous: ``infos[w]`` is worker w's
-    {"host", "address", "port"}; ``offers[w]`` what a group leader offered (None: no shared memory there)."""
-
-    def __init__(self, infos, share_memory, offers=None):
-        by_host = {}
-        for w, info in enumerate(infos):
-            by_host.setdefault(info["host"] if share_memory else f"worker-{w}", []).append(w)
-        groups = []
-        for members in by_host.values():
-            members = sorted(members)
-            if offers is not None and len(members) > 1 and not offers[members[0]]:
-                groups.extend([m] for m in members)  # that host could not share memory
-            else:
-                groups.append(members)
-        self.groups = sorted(groups)
-        self.leaders = [g[0] for g in self.groups]
-        self.group_of = {w: g for g in self.groups for w in g}
-        self.leader_rank = {w: k for k, w in enumerate(self.leaders)}
-        self.infos = infos
-
-    def name(self, w):
-        return f"worker {w} ({self.infos[w]['address']})"
-
-
-def attempt_token(infos):
-    """The same bytes for every worker of one attempt of the stage, other bytes for any other attempt."""
-    return hashlib.sha256(json.dumps(sorted((i["worker"], i["attempt"]) for i in infos)).encode()).digest()
+from .topology import Topology, attempt_token
 
 
 def worker_main(ctx, spec, x, y, read_s=0.0, started=None):
     """One barrier worker, from joining to the end of the fit; returns the rows it held.
 
     ``ctx``: ``rank`` (worker id), ``attempt`` (unique per task attempt), ``address`` (where peers reach this
-    worker), ``host`` (which memory it can share: ``host_key()``), ``all_gather(str) -> [str]`` (the
-    rendezvous); ``spec``: the plain values BarrierDriver.worker_spec made; (x, y): the worker's partition, loaded
+    worker), ``host`` (which memory it can share: ``host_key()``); ``spec``: the plain values BarrierDriver.worker_spec made; (x, y): the worker's partition, loaded
     in ``read_s`` seconds from ``started`` (when the task began: the driver's breakdown of the fit's start-up)."""
     from .worker import worker_model
     loaded = time.time()
@@ -74,19 +43,27 @@ def worker_main(ctx, spec, x, y, read_s=0.0, started=None):
     listener = group = control = mesh = None
     try:
         listener = _listen(ctx.address, spec["ports"])
-        me = {"worker": ctx.rank, "attempt": ctx.attempt, "host": ctx.host, "address": ctx.address,
-              "port": listener.getsockname()[1]}
-        infos = [json.loads(m) for m in ctx.all_gather(json.dumps(me))]
         share = spec["shared_memory"] and not device and shm.ORDERED_STORES
+        secret = bytes.fromhex(spec["secret"])
+        # the rendezvous goes through the driver (Spark's BarrierTaskContext.allGather takes a second a call): the
+        # hello says where this worker is, the driver answers with every worker's place once all have said it
+        control = Control.connect(spec["driver"][0], spec["driver"][1], secret, {
+            "type": "hello", "worker": ctx.rank, "attempt": ctx.attempt, "rows": n_rows, "host": ctx.host,
+            "address": ctx.address, "port": listener.getsockname()[1], "pid": os.getpid(), "share": bool(share),
+            "started": started, "loaded": loaded, "built": built}, timeout=min(timeout, 60.0))
+        peers, _ = control.expect(("peers", "done"), timeout=timeout)
+        if peers["type"] == "done":   # a retried task after the driver had every round: nothing left to do
+            return n_rows
+        infos, share = peers["infos"], peers["share"]
         tentative = Topology(infos, share)
         local = tentative.group_of[ctx.rank]
         if len(local) > 1 and local[0] == ctx.rank:
             group = HostGroup.create(len(local), size, model.dtype, tally.width)
         if any(len(g) > 1 for g in tentative.groups):   # some host shares memory: its leader's offer goes round
-            offers = [json.loads(m) if m else None
-                      for m in ctx.all_gather(json.dumps(group.offer()) if group is not None else "")]
-        else:   # every worker alone on its host (or no shared memory): nothing to offer, and a rendezvous less
-            offers = [None] * len(infos)   # (Spark's allGather takes a second)
+            control.send({"type": "offer", "offer": group.offer() if group is not None else None})
+            offers = control.expect("offers", timeout=timeout)[0]["offers"]
+        else:   # every worker alone on its host (or no shared memory): nothing to offer
+            offers = [None] * len(infos)
         topo = Topology(infos, share, offers)
         local = topo.group_of[ctx.rank]
         if len(local) > 1 and group is None:
@@ -98,18 +75,13 @@ def worker_main(ctx, spec, x, y, read_s=0.0, started=None):
                 raise RuntimeError(f"worker {ctx.rank} could not map the shared memory of {topo.name(local[0])} on "
                                    f"its host, {path}: {why}; use ParameterAveraging(shared_memory=False) if this "
                                    f"host cannot share memory between Spark's Python workers")
-        if group is not None:   # before the hello: every worker of the host knows the others' threads from round 1
+        if group is not None:   # before ready: every worker of the host knows the others' threads from round 1
             group.bind(local.index(ctx.rank), spec.get("bind_cpus", True))
-        secret = bytes.fromhex(spec["secret"])
-        control = Control.connect(spec["driver"][0], spec["driver"][1], secret, {
-            "type": "hello", "worker": ctx.rank, "attempt": ctx.attempt, "rows": n_rows, "host": ctx.host,
-            "address": ctx.address, "port": me["port"], "pid": os.getpid(),
-            "leader_rank": topo.leader_rank.get(ctx.rank), "leaders": len(topo.leaders), "group": local,
-            "started": started, "loaded": loaded, "built": built}, timeout=min(timeout, 60.0))
+        control.send({"type": "ready"})
         start, arrays = control.expect(("start", "done"), timeout=timeout)
         if group is not None:
-            # every worker of the host mapped the region before saying hello, and the driver starts no one before
-            # all have: the name can go now, so that a killed worker leaves nothing behind in /dev/shm
+            # every worker of the host mapped the region before saying it was ready, and the driver starts no one
+            # before all have: the name can go now, so that a killed worker leaves nothing behind in /dev/shm
             group.region.unlink()
         if start["type"] == "done":   # a retried task after the driver had every round: nothing left to do
             return n_rows

@@ -1,8 +1,8 @@
 """What barrier mode (sparkdl.dist.barrier) needs of Spark: one barrier stage of ``num_workers`` tasks, each
 converting its partition to numpy once (or to a memory-mapped file past its memory budget: sparkdl.dist.spill)
-and running ``worker_main`` with the task's rendezvous (BarrierTaskContext.allGather) and its executor's
-address. The shuffle after the stage makes it a ShuffleMapStage, which Spark retries as a whole when a task
-fails."""
+and running ``worker_main`` with its executor's address (the rendezvous goes through the driver: Spark's
+BarrierTaskContext.allGather takes a second a call). The shuffle after the stage makes it a ShuffleMapStage,
+which Spark retries as a whole when a task fails."""
 import os
 
 MIB = 1 << 20
@@ -113,9 +113,6 @@ class TaskContext:
         self.rank, self.attempt = ctx.partitionId(), ctx.taskAttemptId()   # the attempt id grows with every retry
         self.address = ctx.getTaskInfos()[self.rank].address.rsplit(":", 1)[0]   # this task's executor
         self.host = host_key()
-
-    def all_gather(self, message):
-        return self._ctx.allGather(message)
 
 
 def run_barrier(launcher, spec, run):

@@ -55,6 +55,21 @@ def make_rng(xp, seed):
     return xp.random.default_rng(int(np.random.default_rng(seed).integers(2 ** 31)))
 
 
+class LazyRng:
+    """``make_rng(xp, seed)``, made at its first use: a model reseeded every round (sparkdl.dist.schedule.round_key)
+    whose layers draw nothing does not pay the 30 us a generator takes to make."""
+
+    def __init__(self, xp, seed):
+        self._args, self._rng = (xp, seed), None
+
+    def __getattr__(self, name):   # only for what the instance itself lacks: the generator's methods
+        if name.startswith("_"):   # (copy and pickle look for such names before __init__ has run)
+            raise AttributeError(name)
+        if self._rng is None:
+            self._rng = make_rng(*self._args)
+        return getattr(self._rng, name)
+
+
 def resolve(backend="auto", gpus=(), local=False):
     """The backend a Spark task trains with.
 

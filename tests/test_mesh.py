@@ -127,6 +127,20 @@ def test_allreduce_sums_every_buffer_and_passes_every_tally_row(net, k):
             assert not np.allclose(bufs[0], ref / k, atol=1e-3)   # a sum, not a mean
 
 
+@pytest.mark.parametrize("k", [2, 3])
+def test_allreduce_with_a_scale_ends_with_the_owners_sums_times_the_scale(net, k):
+    meshes = net.connect(k)
+    rng = np.random.default_rng(7 + k)
+    for size in (4099, 2, 0):
+        bufs = [rng.standard_normal(size).astype(np.float32) for _ in range(k)]
+        want = _as_owners_add(bufs) * np.float32(1 / k)   # the owner's sum, then one multiply in float32
+        results, errors = _in_threads([lambda m=m: meshes[m].allreduce(bufs[m], np.zeros(WIDTH), 1 / k)
+                                       for m in range(k)])
+        assert errors == [None] * k
+        for member in range(k):
+            assert bufs[member].tobytes() == want.tobytes(), f"member {member} differs (size {size})"
+
+
 def test_members_that_come_late_find_the_others_contributions_waiting(net):
     """Members reach the all-reduce at different times (the slowest worker of a round last): the early ones hand
     their contributions over and wait; the sum is the same."""

@@ -16,6 +16,7 @@ class _Sync:
         self.alone = len(topo.leaders) == 1   # one group: no mesh
         self.j = self.local.index(rank)
         self.leader = self.j == 0
+        self.solo = all(len(g) == 1 for g in topo.groups)   # one worker per host: the mesh may scale the sums
         self.buf = group.partial if group is not None else block   # what the leaders' mesh sums
 
     def distribute(self, round_, chunk, lo, hi):
@@ -46,13 +47,15 @@ class _Sync:
             report and report(row)
             return 0.0
         if group is None:
-            w = weights[self.rank]
-            if w:
+            w, scale = weights[self.rank], None
+            if self.solo and all(v == w for v in weights):   # the usual round: the owners scale the sums (S / K)
+                scale = w
+            elif w:
                 self.block *= self.block.dtype.type(w)
             else:
                 self.block[...] = 0
             t = time.perf_counter()
-            rows = mesh.allreduce(self.block, row)
+            rows = mesh.allreduce(self.block, row, scale)
             self._prepare()
             mesh_s = time.perf_counter() - t
             report and report(self.tally.combine(rows))

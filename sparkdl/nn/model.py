@@ -12,7 +12,7 @@ import numpy as np
 from .. import losses as losses_mod
 from .. import metrics as metrics_mod
 from .. import optim
-from ..backend import check_dtype, get_xp, make_rng, to_numpy
+from ..backend import LazyRng, check_dtype, get_xp, make_rng, to_numpy
 from ..checks import positive_int
 from ..registry import Registry
 from ..train import loop
@@ -82,7 +82,7 @@ class Model(FlatBuffers, ThreadedSteps):
         ints) from now on; replicas get keys of their own."""
         self._ensure_built()
         for k, model in enumerate([self] + (self._replicas or [])):
-            model.rng = make_rng(model.xp, np.random.SeedSequence(list(key) + ([k] if k else [])))
+            model.rng = LazyRng(model.xp, list(key) + ([k] if k else []))
             for layer in model.layers:
                 layer.place(model.xp, model.dtype, model.rng)
 

@@ -235,3 +235,48 @@ def test_a_partition_over_its_memory_budget_trains_from_a_memory_mapped_file(sha
     assert [r["examples"] for r in hs.rounds] == [r["examples"] for r in hr.rounds]
     assert spilled.evaluate(xte, yte)["accuracy"] > 0.9
     assert abs(spilled.evaluate(xte, yte)["accuracy"] - rows.evaluate(xte, yte)["accuracy"]) < 0.03
+
+
+def test_the_driver_relays_the_rendezvous_and_a_worker_lost_in_it_makes_the_stage_start_again():
+    """The rendezvous goes through the driver: every worker hears where all are (peers), the host leaders' offers
+    go round where a host has several workers (offers), and the start comes once all are ready. A worker lost in
+    between makes the driver abort that attempt and wait for a newer one, which then starts."""
+    import threading
+
+    from sparkdl.dist.control import Control
+    from sparkdl.dist.driver import BarrierDriver
+    options = Options(num_workers=2, batch_size_per_worker=32, averaging_frequency=4, seed=3, mode="barrier")
+    run = FitRun(mlp(), options, 1, [], None, 0, 0)
+    driver = BarrierDriver(run, 2, timeout=20.0)
+    joined = threading.Thread(target=driver._join, args=(0, 0), daemon=True)
+    joined.start()
+
+    def hello(w, attempt, host):
+        return Control.connect(driver.server.host, driver.server.port, driver.secret, {
+            "type": "hello", "worker": w, "attempt": attempt, "rows": 100, "host": host, "address": "127.0.0.1",
+            "port": 5000 + w, "pid": 1, "share": True}, timeout=10.0)
+
+    try:
+        a, b = hello(0, 1, "h"), hello(1, 2, "h")   # one host: the leader's offer goes round
+        peers = [c.expect("peers", timeout=10.0)[0] for c in (a, b)]
+        assert peers[0] == peers[1] and peers[0]["share"] is True
+        assert [(i["worker"], i["attempt"], i["port"]) for i in peers[0]["infos"]] == [(0, 1, 5000), (1, 2, 5001)]
+        a.send({"type": "offer", "offer": {"region": "r"}})
+        b.close()   # lost before its offer
+        with pytest.raises(Exception, match="a worker was lost; the stage is retried"):
+            a.expect("offers", timeout=10.0)
+        a.close()
+        c, d = hello(1, 4, "h2"), hello(0, 3, "h1")   # the retried stage: now one worker per host
+        for ctl in (c, d):
+            assert ctl.expect("peers", timeout=10.0)[0]["infos"][0]["attempt"] == 3
+            ctl.send({"type": "ready"})   # no offers: no host has two workers
+        starts = [ctl.expect("start", timeout=10.0)[0] for ctl in (d, c)]
+        joined.join(10.0)
+        assert not joined.is_alive()
+        assert [s["round"] for s in starts] == [0, 0] and len(driver.lost) == 1
+        assert [h["group"] for _, h in sorted(driver.hellos.items())] == [[0], [1]]
+        assert [driver.hellos[w]["leader_rank"] for w in (0, 1)] == [0, 1]
+        for ctl in (c, d):
+            ctl.close()
+    finally:
+        driver.close()

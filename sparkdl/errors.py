@@ -12,6 +12,38 @@ class DataError(ValueError):
         super().__init__(f"the {role}, column {column!r}: {problem}")
 
 
+class BadValues(ValueError):
+    """Feature values the workers found null, NaN or infinite while they converted their partitions (a check that
+    would cost a Spark pass of its own is made there, on the numbers already in numpy): ``found`` maps a problem of
+    PROBLEMS to [rows, example features, example label], summed over the workers, of ``rows`` in all. SparkTrainer
+    turns it into the DataError that names the DataFrame and the column (``data_error``)."""
+
+    PROBLEMS = (("null_values", "hold null values"), ("nonfinite", "hold NaN or infinite values"))
+
+    def __init__(self, found, rows):
+        self.found, self.rows = found, rows
+        super().__init__(f"bad feature values in {rows} rows: {found}")
+
+    @classmethod
+    def of(cls, founds, rows):
+        """The workers' ``found`` dicts added up (the first example of each problem stays); None if all are empty."""
+        total, kinds = {}, dict(cls.PROBLEMS)
+        for found in founds:
+            for kind, entry in (found if isinstance(found, dict) else {}).items():
+                if kind in kinds and isinstance(entry, list) and len(entry) == 3 and type(entry[0]) is int \
+                        and entry[0] > 0:
+                    total.setdefault(kind, [0, entry[1], entry[2]])[0] += entry[0]
+        return cls(total, rows) if total else None
+
+    def data_error(self, what, column, label_col="label"):
+        """The DataError, worded as the driver's own checks word it."""
+        for kind, problem in self.PROBLEMS:
+            if kind in self.found:
+                count, x_text, y_text = self.found[kind]
+                example = f"; e.g. {column}={x_text}" + (f", {label_col}={y_text}" if y_text else "")
+                return DataError(what, column, f"{count} of {self.rows} rows {problem}{example}")
+
+
 class FitInterrupted(KeyboardInterrupt):
     """A distributed fit stopped by SIGINT (Ctrl-C) or SIGTERM, its Spark jobs cancelled and its workers stopped.
     The model holds the average of round ``synced`` (1-based; 0: none), the last one the driver had: every round in

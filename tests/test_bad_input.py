@@ -1,4 +1,5 @@
-"""Bad input, in both modes: every case fails before any training job with a sparkdl.DataError that names the
+"""Bad input, in both modes: every case fails before any training round (null, NaN or infinite feature values: as
+the workers convert their rows; the rest before any training job) with a sparkdl.DataError that names the
 DataFrame's role and the column, and leaves the Spark session as it found it (it still runs a job, no job of ours
 is left running, nothing of ours is left in /dev/shm). Small data trains."""
 import glob

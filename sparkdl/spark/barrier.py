@@ -147,9 +147,11 @@ def _task(spec, input_shape, n_features, label_dtype, local):
 
         t0 = time.time()
         ctx = TaskContext(BarrierTaskContext.get())
+        found = {}   # null, NaN or infinite feature values, which the driver's checks left to this pass
         x, y = partition_to_numpy(batches, n_features, label_dtype, input_shape, spec["memory_budget"],
-                                  spec["batch_size_per_worker"], local_dir())
-        rows = worker_main(ctx, dict(spec, backend=task_backend(spec["backend"], local)), x, y, time.time() - t0, t0)
+                                  spec["batch_size_per_worker"], local_dir(), found)
+        rows = worker_main(ctx, dict(spec, backend=task_backend(spec["backend"], local)), x, y, time.time() - t0, t0,
+                           found)
         yield pa.record_batch([pa.array([ctx.rank], pa.int32()), pa.array([rows], pa.int64())],
                               names=["worker", "rows"])
     return task

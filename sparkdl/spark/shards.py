@@ -1,11 +1,13 @@
 """Export once per fit: one Arrow IPC file per worker (features as fixed-size lists of float32, labels), read
 back memory-mapped (local paths) so a round touches only the rows it fits."""
+import json
 import uuid
 
 import numpy as np
 import pyarrow as pa
 
 from .. import fs
+from ..errors import BadValues
 from .data import partition_to_numpy
 
 _CACHE = {}  # path -> (x, y), per Python worker; a new fit writes new paths
@@ -49,16 +51,23 @@ def new_export_dir(base):
 
 
 def export(prepared, export_dir, n_features, label_dtype):
-    """Write each partition of ``prepared`` (columns X, Y) as one shard; returns [(path, rows)] by partition."""
+    """Write each partition of ``prepared`` (columns X, Y) as one shard; returns [(path, rows)] by partition.
+    Raises sparkdl.errors.BadValues where the rows hold null, NaN or infinite feature values (found on the way)."""
     from pyspark import TaskContext
 
     def write(batches):
-        x, y = partition_to_numpy(batches, n_features, label_dtype)
+        found = {}
+        x, y = partition_to_numpy(batches, n_features, label_dtype, found=found)
         pid = TaskContext.get().partitionId()
         path = fs.join(export_dir, f"shard-{pid:05d}.arrow")
-        write_shard(path, x, y)
-        yield pa.record_batch([pa.array([pid], pa.int32()), pa.array([len(x)], pa.int64()), pa.array([path])],
-                              names=["partition", "rows", "path"])
+        if not found:
+            write_shard(path, x, y)
+        yield pa.record_batch([pa.array([pid], pa.int32()), pa.array([len(x)], pa.int64()), pa.array([path]),
+                               pa.array([json.dumps(found)])], names=["partition", "rows", "path", "found"])
 
-    rows = prepared.mapInArrow(write, "partition int, rows long, path string").collect()
-    return [(r["path"], r["rows"]) for r in sorted(rows, key=lambda r: r["partition"])]
+    rows = sorted(prepared.mapInArrow(write, "partition int, rows long, path string, found string").collect(),
+                  key=lambda r: r["partition"])
+    bad = BadValues.of([json.loads(r["found"]) for r in rows], sum(r["rows"] for r in rows))
+    if bad is not None:
+        raise bad
+    return [(r["path"], r["rows"]) for r in rows]

@@ -239,3 +239,30 @@ def test_bad_input_is_named(spark):
         master(repartition="sometimes")
     with pytest.raises(ValueError, match="averaging_frequency must be an int >= 1. Received: averaging_frequency=0"):
         master(averaging_frequency=0)
+
+
+@pytest.mark.parametrize("mode", ["jobs", "barrier"])
+def test_a_cached_dataframe_of_float_arrays_is_read_as_it_is_and_trains_the_same(digits, caplog, mode):
+    """No second cache of the prepared columns where the user's DataFrame is cached with array<float> features:
+    the same weights as from the same rows uncached, and nothing else left cached."""
+    import logging
+    xtr, ytr, df, *_ = digits
+    cached = df.cache()
+    cached.count()
+    spark = df.sparkSession
+    storage = lambda: len(spark.sparkContext._jsc.sc().getRDDStorageInfo())
+    before = storage()
+    weights = []
+    try:
+        for frame in (df.select("*"), cached):   # uncached (a new plan over the same rows), then cached
+            caplog.clear()
+            t = trainer(mlp(), num_workers=2, batch_size_per_worker=32, averaging_frequency=5, mode=mode)
+            with caplog.at_level(logging.INFO, logger="sparkdl"):
+                t.fit(frame, epochs=1, verbose=0)
+            read_as_is = any("read as it is" in r.getMessage() for r in caplog.records)
+            assert read_as_is == (frame is cached)
+            weights.append(t.model.get_flat_params())
+            assert storage() == before   # the fit's own cache, where it made one, is gone
+    finally:
+        cached.unpersist()
+    np.testing.assert_array_equal(weights[0], weights[1])

@@ -29,7 +29,8 @@ class Options:
     repartition: "always", "never" (use the DataFrame's partitions as the workers, rows in their order) or "auto"
         (only when the partition count differs from num_workers). After a repartition each worker puts its rows in
         the order they had before it (the shuffle delivers them in an order that changes from run to run).
-    storage_level: how the prepared DataFrame is persisted between its check and its export.
+    storage_level: how the prepared DataFrame is persisted between its check and its export (not at all where the
+        DataFrame is cached already with array<float> features: it is read as it is).
     export_dir: jobs mode: where the training shards go (a local path or hdfs://, s3://...; on a cluster one all
         hosts share); each fit writes a fresh directory under it and removes it afterwards. Default: the setting
         ``spark.sparkdl.exportDir``, else on a cluster the checkpoint directory or the Hadoop default filesystem

@@ -61,6 +61,15 @@ def features_expr(df, features_col, role="DataFrame"):
                              f"{_type_name(dt)}")
 
 
+def features_are_floats(df, features_col):
+    """Whether ``features_col`` is one column of array<float> already (preparing it is no work)."""
+    from pyspark.sql.types import ArrayType, FloatType
+    if not isinstance(features_col, str) or features_col not in df.columns:
+        return False
+    dt = df.schema[features_col].dataType
+    return isinstance(dt, ArrayType) and isinstance(dt.elementType, FloatType)
+
+
 def label_expr(df, label_col, role="DataFrame"):
     from pyspark.sql import functions as F
     from pyspark.sql.types import NumericType

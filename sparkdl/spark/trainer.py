@@ -59,7 +59,14 @@ class SparkTrainer:
         # pass of its own (3 s for MNIST on local[2]): sparkdl.errors.BadValues below
         prepared, rows = self._prepared(df, features_col, label_col, "training DataFrame", elements=False)
         marks["checked"] = time.time()
-        persisted = [prepared.persist(level)]
+        # persisted, so that the check, the training and a retried stage do not compute the user's plan again; a
+        # DataFrame the user cached already is read as it is (converting its features to array<float> is no work
+        # where they are array<float>): a second cache would cost a copy of the data and the time to build it
+        if df.is_cached and data.features_are_floats(df, features_col):
+            log.info("sparkdl: the training DataFrame is cached with array<float> features: read as it is")
+            persisted = []
+        else:
+            persisted = [prepared.persist(level)]
         evaluate_validation = None
         try:
             mode, reason = master.choose_mode(prepared)

@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine (Python 3.10+, Java 17):
 #   make run    creates .venv, installs sparkdl, spark-submits jobs/train.py (local[2], bundled digits)
 #   make test   creates .venv, installs sparkdl with test extras, runs pytest
+#   make compose-test   runs docker-compose.yml for real (docker/compose-test.sh; Docker, as root where it must start
+#                       the daemon or install docker.io, docker-compose, debootstrap)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -40,6 +42,7 @@ bench: $(VENV)/.installed-test
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python bench/scale.py $(SCALE_BENCH_ARGS)
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python bench/memory.py $(MEMORY_BENCH_ARGS)
 	$(BIN)/python bench/first_run.py $(FIRST_RUN_BENCH_ARGS)
+	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python bench/startup.py $(STARTUP_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
@@ -57,7 +60,7 @@ DIST_ENV  ?= build/sparkdl-env
 YARN_PYSPARK_PYTHON := ./environment/bin/python
 # where Python lives on the YARN nodes, if not where it lives here (venv-pack links bin/python to it)
 PACK_PYTHON_PREFIX ?=
-.PHONY: dist test-cluster
+.PHONY: dist test-cluster compose-test
 
 dist: $(VENV)/.installed
 	rm -rf $(DIST) $(DIST_ENV) build/wheel
@@ -77,3 +80,9 @@ dist: $(VENV)/.installed
 test-cluster: $(VENV)/.installed-test dist
 	SPARKDL_DIST=$(abspath $(DIST)) $(BIN)/python -m pytest -v -s $(PYTEST_ARGS) tests/test_cluster.py \
 		tests/test_deploy.py::test_dist_holds_the_wheel_the_py_files_zip_and_the_packed_environment
+
+# The docker-compose cluster for real: the project image on the official Spark image (or, where Docker Hub is out of
+# reach, a stand-in built from Debian), a master and two workers, train/evaluate/predict through the submit service,
+# both workers checked for training tasks, everything torn down (docker/compose-test.sh says how).
+compose-test:
+	bash docker/compose-test.sh

@@ -43,7 +43,7 @@ def test_forward_looks_up_rows_and_backward_accumulates_repeated_indices():
                                          ([[np.nan, 1, 2]], "nan", "nan")])
 def test_out_of_range_indices_name_min_and_max(bad, lo, hi):
     model, _ = _model()
-    with pytest.raises(ValueError, match=re.escape(f"[0, 4)") + f".*min {lo} and max {hi}"):
+    with pytest.raises(ValueError, match=re.escape("[0, 4)") + f".*min {lo} and max {hi}"):
         model.forward(np.array(bad, dtype=np.float64))
 
 

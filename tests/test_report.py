@@ -95,7 +95,7 @@ def _png_colors(path):
         n = int.from_bytes(data[i:i + 4], "big")
         kind, body = data[i + 4:i + 8], data[i + 8:i + 8 + n]
         if kind == b"IHDR":
-            width, height, depth, ctype = int.from_bytes(body[:4], "big"), int.from_bytes(body[4:8], "big"), body[8], body[9]
+            width, height, ctype = int.from_bytes(body[:4], "big"), int.from_bytes(body[4:8], "big"), body[9]
         elif kind == b"IDAT":
             chunks.append(body)
         i += 12 + n

@@ -18,6 +18,7 @@ from .functions import (binary_crossentropy, binary_crossentropy_probs, categori
                         categorical_crossentropy_probs, huber, mean_absolute_error, mean_squared_error,
                         sparse_categorical_crossentropy, sparse_categorical_crossentropy_probs)
 
+
 class Loss:
     """A named loss with its configuration; ``kind`` tells metrics and predict how to read the outputs."""
     kind = "regression"        # "multiclass", "binary" or "regression"
@@ -63,24 +64,26 @@ class Loss:
         return f"{type(self).__name__}({self.get_config()})"
 
 
-def _smoothing(value):
-    return number("label_smoothing", value, lambda v: 0 <= v < 1, "a number in [0, 1)")
-
-
-class SparseCategoricalCrossentropy(Loss):
-    """``label_smoothing`` e: each row's target is 1 - e on its label plus e / C on every class."""
-    name, kind, fuses_with = "sparse_categorical_crossentropy", "multiclass", "softmax"
+class _Smoothed(Loss):
+    """A categorical cross-entropy with ``label_smoothing`` e in [0, 1): the targets move e of their mass evenly
+    onto every class."""
+    kind, fuses_with = "multiclass", "softmax"
 
     def __init__(self, from_logits=None, label_smoothing=0.0):
         super().__init__(from_logits)
-        self.label_smoothing = _smoothing(label_smoothing)
+        self.label_smoothing = number("label_smoothing", label_smoothing, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+class SparseCategoricalCrossentropy(_Smoothed):
+    """``label_smoothing`` e: each row's target is 1 - e on its label plus e / C on every class."""
+    name = "sparse_categorical_crossentropy"
 
     def __call__(self, y_pred, y_true):
         fn = sparse_categorical_crossentropy_probs if self.mode == "probs" else sparse_categorical_crossentropy
         return fn(y_pred, y_true, self.label_smoothing)
-
-    def get_config(self):
-        return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
     def check_targets(self, y, output_shape, dtype=np.float32):
         y = np.asarray(to_numpy(y))
@@ -105,22 +108,15 @@ class SparseCategoricalCrossentropy(Loss):
         return y.astype(np.int64)
 
 
-class CategoricalCrossentropy(Loss):
+class CategoricalCrossentropy(_Smoothed):
     """``label_smoothing`` e (Keras'): the targets become (1 - e) y + e / C."""
-    name, kind, fuses_with = "categorical_crossentropy", "multiclass", "softmax"
-
-    def __init__(self, from_logits=None, label_smoothing=0.0):
-        super().__init__(from_logits)
-        self.label_smoothing = _smoothing(label_smoothing)
+    name = "categorical_crossentropy"
 
     def __call__(self, y_pred, y_true):
         if self.label_smoothing:
             y_true = y_true * (1.0 - self.label_smoothing) + self.label_smoothing / y_true.shape[-1]
         fn = categorical_crossentropy_probs if self.mode == "probs" else categorical_crossentropy
         return fn(y_pred, y_true)
-
-    def get_config(self):
-        return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
     def check_targets(self, y, output_shape, dtype=np.float32):
         y = super().check_targets(y, output_shape, dtype)

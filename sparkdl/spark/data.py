@@ -120,8 +120,9 @@ def validate(prepared, n_features, loss_kind=None, num_classes=None, features_co
     aggs = [F.count(F.lit(1)).alias("rows"), count_if(x.isNull()).alias("null_x"),
             count_if(wrong_len).alias("wrong_len"),
             F.min(F.when(wrong_len, F.size(x))).alias("min_len"),   # of the rows of a wrong length
-            F.max(F.when(wrong_len, F.size(x))).alias("max_len"),
-            count_if(has_null).alias("null_values"), count_if(nonfinite_x).alias("nonfinite_x")][:None if elements else -2]
+            F.max(F.when(wrong_len, F.size(x))).alias("max_len")]
+    if elements:
+        aggs += [count_if(has_null).alias("null_values"), count_if(nonfinite_x).alias("nonfinite_x")]
     if has_y:
         y = F.col(Y)
         aggs += [count_if(y.isNull()).alias("null_y"), count_if(F.isnan(y) | (F.abs(y) == float("inf"))).alias("nonfinite_y"),

@@ -7,6 +7,8 @@ CrossValidator against the bare training loops it holds.
    ``--repeats`` more fits on the same DataFrame (a fresh model each, 1 epoch). For each fit, the time from calling
    ``SparkTrainer.fit`` to the end of round 1 with its steps, as sparkdl records them (``history.stats.startup``).
    Targets: a first fit <= 1.5 s, a repeated fit <= 0.5 s.
+   evaluate: ``SparkTrainer.evaluate`` and ``predict`` (with a full pass over its output) on the cached MNIST test
+   set, the first call of a Spark application and repeated ones, against the same model on the numpy arrays.
 2. torch: wall time from the call to its return, to 97% MNIST test accuracy (checked at each epoch end, up to
    ``--max-epochs``), same model, optimizer, batch and 2 workers: a sparkdl barrier fit (validation_df = the test
    set, a callback stopping at val_accuracy >= 0.97; the first fit of its Spark application) against Spark's
@@ -19,7 +21,7 @@ CrossValidator against the bare training loops it holds.
    and batch size; and the refit of the best learning rate on all the rows that CrossValidator does after).
    Target: CrossValidator / bare loops <= 2.
 
-    python bench/startup.py [--parts startup,torch,cv] [--repeats 2] [--max-epochs 8] [--cv-epochs 10]
+    python bench/startup.py [--parts startup,evaluate,torch,cv] [--repeats 2] [--max-epochs 8] [--cv-epochs 10]
                             [--mnist-dir DIR]
 """
 import argparse
@@ -134,6 +136,59 @@ def print_startup(res):
                   + f") (target <= {REPEAT_TARGET_S} s: {r['repeated_target']})")
             for n, s in rep["steps"]:
                 print(f"    {n:60} {s:6.2f} s")
+
+
+# -- evaluate and predict -----------------------------------------------------------------------------------------
+def evaluate_calls(mnist_dir, repeats):
+    """In this process: a fresh Spark application, the MNIST test set cached (array<float>), then 1 + repeats
+    calls each of ``SparkTrainer.evaluate`` and of ``SparkTrainer.predict`` followed by a full pass over its
+    output (a noop write), against the same model's evaluate and predict on the numpy arrays in this process."""
+    from sparkdl.spark import SparkTrainer
+    _, _, xte, yte, what = spark_fit.load(mnist_dir)
+    spark = session()
+    df = cached_frame(spark, xte, yte)
+    trainer = SparkTrainer(spark_fit.mlp(), master("barrier"))
+    out = {"data": what, "rows": len(xte), "evaluate_s": [], "predict_s": [], "bare_evaluate_s": [],
+           "bare_predict_s": []}
+    for _ in range(1 + repeats):
+        t = time.perf_counter()
+        trainer.evaluate(df)
+        out["evaluate_s"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        trainer.predict(df).write.format("noop").mode("overwrite").save()
+        out["predict_s"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        trainer.model.evaluate(xte, yte)
+        out["bare_evaluate_s"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        trainer.model.predict(xte)
+        out["bare_predict_s"].append(time.perf_counter() - t)
+        print(f"  evaluate {out['evaluate_s'][-1]:.2f} s, predict + a pass over it {out['predict_s'][-1]:.2f} s "
+              f"(in this process: {out['bare_evaluate_s'][-1]:.2f}, {out['bare_predict_s'][-1]:.2f} s)",
+              file=sys.stderr, flush=True)
+    spark.stop()
+    return out
+
+
+def run_evaluate(mnist_dir, repeats):
+    cmd = [sys.executable, os.path.abspath(__file__), "--evaluate-child", "--repeats", str(repeats),
+           "--mnist-dir", mnist_dir or "none"]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if r.returncode:
+        return {"skipped": f"the evaluate process failed (exit {r.returncode})"}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def print_evaluate(r):
+    if "skipped" in r:
+        print(f"evaluate/predict: skipped: {r['skipped']}")
+        return
+    for name in ("evaluate", "predict"):
+        calls, bare = r[f"{name}_s"], statistics.median(r[f"bare_{name}_s"])
+        print(f"{name} on the cached MNIST test set ({r['data']}, {r['rows']} rows, local[2]): first call "
+              f"{calls[0]:.2f} s, then " + ", ".join(f"{c:.2f}" for c in calls[1:]) + f" s; the same model on the "
+              f"numpy arrays in one process: {bare:.2f} s" + (" (predict: with a full pass over its output)"
+                                                              if name == "predict" else ""))
 
 
 # -- 2. time to 97% against TorchDistributor -----------------------------------------------------------------------
@@ -327,7 +382,7 @@ def print_cv(r):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--parts", default="startup,torch,cv")
+    p.add_argument("--parts", default="startup,evaluate,torch,cv")
     p.add_argument("--modes", default="barrier,jobs", help="start-up: the modes measured")
     p.add_argument("--repeats", type=int, default=2, help="start-up: repeated fits after the first, per mode")
     p.add_argument("--max-epochs", type=int, default=8, help="torch: at most this many epochs to the target")
@@ -336,16 +391,23 @@ def main(argv=None):
                    help="MNIST IDX files ('none': MNIST-shaped random data; default: $SPARKDL_MNIST_DIR, else "
                         "../shared/data/mnist beside the checkout where it exists)")
     p.add_argument("--startup-child", help=argparse.SUPPRESS)
+    p.add_argument("--evaluate-child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     mnist_dir = None if (a.mnist_dir or "none").lower() == "none" else a.mnist_dir
     if a.startup_child:
         print(json.dumps(startup_fits(a.startup_child, mnist_dir, a.repeats), default=float))
+        return
+    if a.evaluate_child:
+        print(json.dumps(evaluate_calls(mnist_dir, a.repeats), default=float))
         return
     parts = a.parts.split(",")
     results = {}
     if "startup" in parts:
         results["startup"] = run_startup(mnist_dir, a.repeats, a.modes.split(","))
         print_startup(results["startup"])
+    if "evaluate" in parts:
+        results["evaluate"] = run_evaluate(mnist_dir, a.repeats)
+        print_evaluate(results["evaluate"])
     if "torch" in parts or "cv" in parts:
         spark = session()
         if "torch" in parts:

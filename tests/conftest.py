@@ -43,3 +43,11 @@ def _cluster_log(pytestconfig):
     sparkcluster._CONFIG.append(pytestconfig)
     yield
     sparkcluster._CONFIG.clear()
+
+
+@pytest.fixture(autouse=True)
+def _release_prepared():
+    """Each test starts without the prepared data (sparkdl.spark.prepared) an earlier test's fits kept."""
+    yield
+    if "sparkdl.spark.prepared" in sys.modules:
+        sys.modules["sparkdl.spark.prepared"].release()

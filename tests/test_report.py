@@ -123,7 +123,7 @@ def test_the_start_up_steps_add_up_to_the_time_from_fit_to_the_end_of_round_one(
     run.mark("ready", 104.0)
     run.mark("round 1", 104.5)
     steps = dict(run.startup())
-    assert steps == {"input checks (one Spark pass)": 0.5, "mode chosen, validation data ready": 0.25, "launch": 0.25,
+    assert steps == {"data checked and converted (one Spark pass)": 0.5, "mode chosen, validation data ready": 0.25, "launch": 0.25,
                      "partitions loaded": 0.5, "workers' tasks begun": 0.5, "models built": 0.25,
                      "workers ready (barrier: the rendezvous; jobs: the export)": 1.75, "first round": 0.5}
     assert sum(steps.values()) == 4.5

@@ -1,5 +1,6 @@
 """Spark training (jobs mode), distributed evaluate/predict, checkpoints and bad input, on local[2]."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -242,27 +243,32 @@ def test_bad_input_is_named(spark):
 
 
 @pytest.mark.parametrize("mode", ["jobs", "barrier"])
-def test_a_cached_dataframe_of_float_arrays_is_read_as_it_is_and_trains_the_same(digits, caplog, mode):
-    """No second cache of the prepared columns where the user's DataFrame is cached with array<float> features:
-    the same weights as from the same rows uncached, and nothing else left cached."""
+def test_prepared_data_is_kept_for_the_next_fit_on_the_same_dataframe_and_released_on_demand(digits, caplog, mode):
+    """A second fit on a DataFrame of the same plan reuses the first one's prepared data (no checks, conversion or
+    repartition) and ends with the same weights as the first; with reuse_prepared=False nothing stays cached;
+    release_prepared() frees what was kept."""
     import logging
+    from sparkdl.spark import prepared_data, release_prepared
     xtr, ytr, df, *_ = digits
-    cached = df.cache()
-    cached.count()
     spark = df.sparkSession
     storage = lambda: len(spark.sparkContext._jsc.sc().getRDDStorageInfo())
+    release_prepared()
     before = storage()
-    weights = []
-    try:
-        for frame in (df.select("*"), cached):   # uncached (a new plan over the same rows), then cached
-            caplog.clear()
-            t = trainer(mlp(), num_workers=2, batch_size_per_worker=32, averaging_frequency=5, mode=mode)
-            with caplog.at_level(logging.INFO, logger="sparkdl"):
-                t.fit(frame, epochs=1, verbose=0)
-            read_as_is = any("read as it is" in r.getMessage() for r in caplog.records)
-            assert read_as_is == (frame is cached)
-            weights.append(t.model.get_flat_params())
-            assert storage() == before   # the fit's own cache, where it made one, is gone
-    finally:
-        cached.unpersist()
-    np.testing.assert_array_equal(weights[0], weights[1])
+    weights, reused = [], []
+    for frame, keep in ((df, True), (df.select("*"), True), (df.where("label >= 0"), False)):
+        caplog.clear()
+        t = trainer(mlp(), num_workers=2, batch_size_per_worker=32, averaging_frequency=5, mode=mode,
+                    reuse_prepared=keep)
+        with caplog.at_level(logging.INFO, logger="sparkdl"):
+            t.fit(frame, epochs=1, verbose=0)
+        reused.append(any("kept from an earlier fit: reused" in r.getMessage() for r in caplog.records))
+        weights.append(t.model.get_flat_params())
+    assert reused == [False, True, False]   # df.select("*") has df's plan; the filter makes another one
+    kept = prepared_data()
+    assert len(kept) == 1 and "training DataFrame of 1438 rows, 2 partitions" in kept[0] and "shard files" in kept[0]
+    from sparkdl.spark.prepared import _HELD
+    paths = [p for p, _ in next(iter(_HELD.values())).shards]   # on a local master: shard files, none in Spark
+    assert len(paths) == 2 and all(os.path.exists(p) for p in paths) and storage() == before
+    assert release_prepared(df) == 1 and prepared_data() == [] and not any(os.path.exists(p) for p in paths)
+    for w in weights[1:]:
+        np.testing.assert_array_equal(weights[0], w)

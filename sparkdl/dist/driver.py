@@ -15,7 +15,6 @@ import time
 import numpy as np
 
 from . import schedule, wire
-from ..errors import BadValues
 from .averaging import Contribution, Tally
 from .block import block_parts, split
 from .control import ControlServer, WorkerLost
@@ -127,10 +126,6 @@ class BarrierDriver:
         while True:
             hellos = self.server.wait_for_workers(self.n_workers, min_attempt)
             self.attempt = max(h.get("attempt", 0) for h in hellos.values())
-            bad = BadValues.of([h.get("found") for _, h in sorted(hellos.items())],
-                               sum(h["rows"] for h in hellos.values() if type(h.get("rows")) is int))
-            if bad is not None:   # nothing to train on (SparkTrainer names the DataFrame and the column)
-                raise bad
             try:
                 hellos = self._rendezvous(hellos)
             except WorkerLost as lost:   # its stage attempt fails: Spark retries it

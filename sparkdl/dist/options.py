@@ -29,8 +29,11 @@ class Options:
     repartition: "always", "never" (use the DataFrame's partitions as the workers, rows in their order) or "auto"
         (only when the partition count differs from num_workers). After a repartition each worker puts its rows in
         the order they had before it (the shuffle delivers them in an order that changes from run to run).
-    storage_level: how the prepared DataFrame is persisted between its check and its export (not at all where the
-        DataFrame is cached already with array<float> features: it is read as it is).
+    storage_level: how a fit's prepared data (checked, converted and laid out one partition per worker in one
+        Spark pass: sparkdl.spark.prepared) is persisted.
+    reuse_prepared: keep the prepared data after the fit, for the next fit on a DataFrame of the same plan and
+        columns (repeated fits, CrossValidator folds, a resumed fit): they skip the checks, the conversion and
+        the repartition. The last few DataFrames' are kept; ``sparkdl.spark.release_prepared()`` drops them.
     export_dir: jobs mode: where the training shards go (a local path or hdfs://, s3://...; on a cluster one all
         hosts share); each fit writes a fresh directory under it and removes it afterwards. Default: the setting
         ``spark.sparkdl.exportDir``, else on a cluster the checkpoint directory or the Hadoop default filesystem
@@ -66,7 +69,7 @@ class Options:
                  average_optimizer_state=True, aggregation_depth=2, repartition="always",
                  storage_level="MEMORY_AND_DISK", export_dir=None, seed=None, shuffle=True, collect_stats=True,
                  mode="auto", backend="auto", server_timeout=600.0, shared_memory=True, ports=None,
-                 memory_budget=None, bind_cpus=True, round_retries=3):
+                 memory_budget=None, bind_cpus=True, round_retries=3, reuse_prepared=True):
         self.num_workers = _int(num_workers, "num_workers", allow_none=True)
         self.batch_size_per_worker = _int(batch_size_per_worker, "batch_size_per_worker")
         self.averaging_frequency = _int(averaging_frequency, "averaging_frequency")
@@ -76,6 +79,7 @@ class Options:
             raise ValueError(f"repartition must be one of {REPARTITION}. Received: repartition={repartition!r}")
         self.repartition = repartition
         self.storage_level = storage_level
+        self.reuse_prepared = bool(reuse_prepared)
         self.export_dir = export_dir
         self.seed = seed
         self.shuffle = bool(shuffle)

@@ -20,14 +20,12 @@ from .sync import _Sync
 from .topology import Topology, attempt_token
 
 
-def worker_main(ctx, spec, x, y, read_s=0.0, started=None, found=None):
+def worker_main(ctx, spec, x, y, read_s=0.0, started=None):
     """One barrier worker, from joining to the end of the fit; returns the rows it held.
 
     ``ctx``: ``rank`` (worker id), ``attempt`` (unique per task attempt), ``address`` (where peers reach this
     worker), ``host`` (which memory it can share: ``host_key()``); ``spec``: the plain values BarrierDriver.worker_spec made; (x, y): the worker's partition, loaded
-    in ``read_s`` seconds from ``started`` (when the task began: the driver's breakdown of the fit's start-up);
-    ``found``: the bad feature values its conversion found (sparkdl.spark.data.batch_to_numpy), which the driver
-    reports instead of starting the fit."""
+    in ``read_s`` seconds from ``started`` (when the task began: the driver's breakdown of the fit's start-up)."""
     from .worker import worker_model
     loaded = time.time()
     started = loaded - read_s if started is None else started
@@ -51,7 +49,7 @@ def worker_main(ctx, spec, x, y, read_s=0.0, started=None, found=None):
         # hello says where this worker is, the driver answers with every worker's place once all have said it
         control = Control.connect(spec["driver"][0], spec["driver"][1], secret, {
             "type": "hello", "worker": ctx.rank, "attempt": ctx.attempt, "rows": n_rows, "host": ctx.host,
-            "address": ctx.address, "port": listener.getsockname()[1], "pid": os.getpid(), "share": bool(share), "found": found or {},
+            "address": ctx.address, "port": listener.getsockname()[1], "pid": os.getpid(), "share": bool(share),
             "started": started, "loaded": loaded, "built": built}, timeout=min(timeout, 60.0))
         peers, _ = control.expect(("peers", "done"), timeout=timeout)
         if peers["type"] == "done":   # a retried task after the driver had every round: nothing left to do

@@ -62,7 +62,7 @@ class FitRun(Stoppable):
         """[(step, seconds)] from the call of fit to the end of the first round, each step from the end of the
         one before; the workers' steps (their tasks begun, partitions loaded, models built) are the slowest
         worker's, where the master reports them."""
-        names = {"checked": "input checks (one Spark pass)", "mode": "mode chosen, validation data ready",
+        names = {"checked": "data checked and converted (one Spark pass)", "mode": "mode chosen, validation data ready",
                  "launched": "launch", "started": "workers' tasks begun", "loaded": "partitions loaded",
                  "built": "models built", "ready": "workers ready (barrier: the rendezvous; jobs: the export)",
                  "round 1": "first round"}

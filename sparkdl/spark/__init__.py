@@ -3,3 +3,4 @@ evaluate/predict."""
 from .master import ParameterAveraging
 from .session import local_session
 from .trainer import SparkTrainer
+from .prepared import held as prepared_data, release as release_prepared

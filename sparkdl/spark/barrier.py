@@ -116,12 +116,25 @@ class TaskContext:
 
 
 def run_barrier(launcher, spec, run):
-    task = _task(spec, run.input_shape, run.n_features, run.label_dtype, launcher.local)
+    """One barrier stage of ``launcher.num_workers`` tasks. On a local master the workers memory-map the shards
+    of jobs mode (sparkdl.spark.jobs.exported), which stay with prepared data that is kept: the next fit on it
+    reads nothing; elsewhere each task reads its partition of the prepared data."""
+    if not launcher.local:
+        frame = launcher.entry.packed()
+        run.mark("checked")
+        return _run_stage(launcher, frame, _task(spec, run.input_shape, run.n_features, run.label_dtype, False))
+    from .jobs import exported
+    with exported(launcher, run):
+        n = launcher.num_workers
+        _run_stage(launcher, launcher.session.range(n, numPartitions=n),
+                   _task(spec, run.input_shape, run.n_features, run.label_dtype, True, launcher.paths))
+
+
+def _run_stage(launcher, frame, task):
     sc = launcher.sc
-    sc.setJobGroup(launcher.group, f"sparkdl fit: {run.epochs} epochs in one barrier stage of {launcher.num_workers} "
-                                   f"workers", True)
+    sc.setJobGroup(launcher.group, f"sparkdl fit: one barrier stage of {launcher.num_workers} workers", True)
     try:
-        launcher.df.mapInArrow(task, "worker int, rows long", barrier=True).repartition(1).collect()
+        frame.mapInArrow(task, "worker int, rows long", barrier=True).repartition(1).collect()
     except Exception as e:
         if "BarrierJobUnsupportedRDDChainException" not in str(e):
             raise
@@ -132,8 +145,9 @@ def run_barrier(launcher, spec, run):
         sc.setLocalProperty("spark.jobGroup.id", None)
 
 
-def _task(spec, input_shape, n_features, label_dtype, local):
-    """The barrier task closure: plain values only (the fit's secret travels in ``spec``, never in logs)."""
+def _task(spec, input_shape, n_features, label_dtype, local, paths=None):
+    """The barrier task closure: plain values only (the fit's secret travels in ``spec``, never in logs). With
+    ``paths`` (one shard per worker) a task reads its shard, memory-mapped, and not its input rows."""
     def task(batches):
         import time
 
@@ -147,11 +161,15 @@ def _task(spec, input_shape, n_features, label_dtype, local):
 
         t0 = time.time()
         ctx = TaskContext(BarrierTaskContext.get())
-        found = {}   # null, NaN or infinite feature values, which the driver's checks left to this pass
-        x, y = partition_to_numpy(batches, n_features, label_dtype, input_shape, spec["memory_budget"],
-                                  spec["batch_size_per_worker"], local_dir(), found)
-        rows = worker_main(ctx, dict(spec, backend=task_backend(spec["backend"], local)), x, y, time.time() - t0, t0,
-                           found)
+        if paths is not None:
+            from sparkdl.spark.shards import read_shard
+            x, y = read_shard(paths[ctx.rank], input_shape)
+            for _ in batches:   # the task's one row: its rank
+                pass
+        else:
+            x, y = partition_to_numpy(batches, n_features, label_dtype, input_shape, spec["memory_budget"],
+                                      spec["batch_size_per_worker"], local_dir())
+        rows = worker_main(ctx, dict(spec, backend=task_backend(spec["backend"], local)), x, y, time.time() - t0, t0)
         yield pa.record_batch([pa.array([ctx.rank], pa.int32()), pa.array([rows], pa.int64())],
                               names=["worker", "rows"])
     return task

@@ -105,12 +105,11 @@ def _example(prepared, condition, features_col, label_col):
 
 
 def validate(prepared, n_features, loss_kind=None, num_classes=None, features_col="features",
-             label_col="label", what="DataFrame", elements=True):
+             label_col="label", what="DataFrame"):
     """One aggregation job over the prepared DataFrame; raises DataError naming the DataFrame's role (``what``),
     the column, what was expected and what was found, how many rows are wrong and an example. Returns the row
-    count. ``elements=False`` leaves out the checks of each feature value (null, NaN, infinite), which take
-    Spark seconds a million rows: a fit makes them where its workers convert the rows (``batch_to_numpy``'s
-    ``found``)."""
+    count. A fit checks its data where it converts it (sparkdl.spark.prepared) and runs this only for the message
+    once something is wrong."""
     from pyspark.sql import functions as F
     x, has_y = F.col(X), Y in prepared.columns
     count_if = lambda cond: F.sum(F.when(cond, 1).otherwise(0))
@@ -120,9 +119,8 @@ def validate(prepared, n_features, loss_kind=None, num_classes=None, features_co
     aggs = [F.count(F.lit(1)).alias("rows"), count_if(x.isNull()).alias("null_x"),
             count_if(wrong_len).alias("wrong_len"),
             F.min(F.when(wrong_len, F.size(x))).alias("min_len"),   # of the rows of a wrong length
-            F.max(F.when(wrong_len, F.size(x))).alias("max_len")]
-    if elements:
-        aggs += [count_if(has_null).alias("null_values"), count_if(nonfinite_x).alias("nonfinite_x")]
+            F.max(F.when(wrong_len, F.size(x))).alias("max_len"),
+            count_if(has_null).alias("null_values"), count_if(nonfinite_x).alias("nonfinite_x")]
     if has_y:
         y = F.col(Y)
         aggs += [count_if(y.isNull()).alias("null_y"), count_if(F.isnan(y) | (F.abs(y) == float("inf"))).alias("nonfinite_y"),
@@ -147,9 +145,9 @@ def validate(prepared, n_features, loss_kind=None, num_classes=None, features_co
     if r["wrong_len"]:
         found = r["min_len"] if r["min_len"] == r["max_len"] else f"{r['min_len']} to {r['max_len']}"
         fail(fc, r["wrong_len"], f"have {found} values (expected {expected})", wrong_len)
-    if r.get("null_values"):
+    if r["null_values"]:
         fail(fc, r["null_values"], "hold null values", has_null)
-    if r.get("nonfinite_x"):
+    if r["nonfinite_x"]:
         fail(fc, r["nonfinite_x"], "hold NaN or infinite values", nonfinite_x)
     if not has_y:
         return rows
@@ -192,11 +190,12 @@ def batch_to_numpy(batch, n_features, with_labels=True, what="DataFrame", featur
     """(x float32 (rows, n_features), y float64 (rows,) or None) from an Arrow batch of prepared columns,
     without per-row Python: the list column's child buffer is already row-major. A malformed row is a DataError
     naming ``what`` (the DataFrame's role) and ``features_col``. With a dict ``found``, rows holding null, NaN or
-    infinite values are counted into it (sparkdl.errors.BadValues reads it): one pass over the values, the checks
-    ``validate(elements=False)`` leaves out."""
+    infinite values are counted into it (sparkdl.errors.BadValues reads it): one pass over the values."""
     col = batch.column(batch.schema.get_field_index(X))
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
+    if pa.types.is_binary(col.type):   # blocks of packed rows (sparkdl.spark.prepared)
+        return _unpacked(batch, col, n_features, with_labels, found)
     n = len(col)
     if col.null_count:
         raise DataError(what, column_name(features_col), f"{col.null_count} of {n} rows of a batch are null "
@@ -215,6 +214,18 @@ def batch_to_numpy(batch, n_features, with_labels=True, what="DataFrame", featur
         y = ycol.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
     if found is not None:
         find_bad_values(col.values, start, x, y, found)
+    return x, y
+
+
+def _unpacked(batch, col, n_features, with_labels, found):
+    from .blocks import unpack
+    x = unpack(col, n_features, np.float32)
+    y = None
+    if with_labels:
+        ycol = batch.column(batch.schema.get_field_index(Y))
+        y = unpack(ycol.combine_chunks() if isinstance(ycol, pa.ChunkedArray) else ycol, 1, np.float64).reshape(-1)
+    if found is not None:
+        find_bad_values(None, 0, x, y, found)
     return x, y
 
 

@@ -12,10 +12,15 @@ log = logging.getLogger("sparkdl")
 
 @contextlib.contextmanager
 def exported(launcher, run):
-    """Export the DataFrame into shards, in a fresh directory under ``export_base`` removed after the fit; yields
-    the shards' row counts."""
+    """Export the DataFrame into shards, in a fresh directory under ``export_base`` removed after the fit, or
+    with the prepared data it came from where that is kept (sparkdl.spark.prepared: the next fit on it reads the
+    same shards); yields the shards' row counts."""
     from .shards import export, new_export_dir
-    sc = launcher.sc
+    sc, entry = launcher.sc, launcher.entry
+    if entry.shards is not None:
+        launcher.paths = [p for p, _ in entry.shards]
+        yield [rows for _, rows in entry.shards]
+        return
     base, made = export_base(launcher)
     # every job of the fit in one group: a signal cancels the running one (Launcher.cancel)
     sc.setJobGroup(launcher.group, "sparkdl fit: export training shards", True)
@@ -24,8 +29,12 @@ def exported(launcher, run):
         export_dir = new_export_dir(base)
         if not launcher.local:
             check_shared(launcher, export_dir, made)
-        shards = export(launcher.df, export_dir, run.n_features, run.label_dtype)
+        shards = export(entry, export_dir, run.label_dtype)
+        run.mark("checked")
         launcher.paths = [p for p, _ in shards]
+        if entry.kept:   # the files go with the entry when it is released
+            entry.files(shards, export_dir, base if made else None)
+            export_dir, made = None, False
         yield [rows for _, rows in shards]
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)

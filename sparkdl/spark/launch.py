@@ -1,15 +1,16 @@
-"""The launcher a master (sparkdl.dist.master) runs its tasks through, on one prepared DataFrame."""
+"""The launcher a master (sparkdl.dist.master) runs its tasks through, on one prepared DataFrame laid out one
+partition per worker (sparkdl.spark.prepared)."""
 import uuid
 
 from . import barrier, jobs
 
 
 class Launcher:
-    def __init__(self, options, prepared):
-        self.options = options
-        self.session = prepared.sparkSession
+    def __init__(self, options, entry):
+        self.options, self.entry = options, entry
+        self.session = entry.laid_out.sparkSession
         self.sc = self.session.sparkContext
-        self.num_workers, self.df = options.workers_for(prepared)
+        self.num_workers = entry.workers
         self.local = self.sc.master.startswith("local")
         self.bind_host, self.driver_host = barrier.driver_addresses(self.sc)
         self.group = f"sparkdl-{uuid.uuid4().hex[:8]}"

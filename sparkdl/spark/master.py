@@ -23,19 +23,19 @@ class ParameterAveraging(Options):
         from pyspark.sql import functions as F
         from .data import ORDER
         sc = df.sparkSession.sparkContext
-        parts = df.rdd.getNumPartitions()
         wanted = self.num_workers or sc.defaultParallelism
-        if self.repartition == "never" or (self.repartition == "auto" and parts == wanted):
-            return parts, df
+        if self.repartition != "always":   # counting the partitions plans the query: not when it need not
+            parts = df.rdd.getNumPartitions()
+            if self.repartition == "never" or parts == wanted:
+                return parts, df
         return wanted, df.withColumn(ORDER, F.monotonically_increasing_id()).repartition(wanted)
 
-    def choose_mode(self, prepared):
-        """(the mode a fit on ``prepared`` runs in, why): with mode="auto", barrier where the cluster can run all
+    def choose_mode(self, sc, n):
+        """(the mode a fit of ``n`` workers runs in, why): with mode="auto", barrier where the cluster can run all
         the workers at once now (enough free task slots, no dynamic allocation), else jobs."""
         if self.mode != masters.AUTO:
             return self.mode, "asked for"
         from . import barrier
-        sc, n = prepared.sparkSession.sparkContext, self.workers_for(prepared)[0]
         try:
             barrier.check_cluster(sc, n)
         except ValueError as e:
@@ -45,14 +45,15 @@ class ParameterAveraging(Options):
             return "jobs", f"only {free} task slots are free now for {n} workers"
         return "barrier", f"{free} free task slots for {n} workers"
 
-    def fit(self, run, prepared, mode=None):
-        """Run the fit in ``mode`` (default: ``choose_mode``), said in the log and in ``history.mode``."""
+    def fit(self, run, entry, mode=None):
+        """Run the fit on ``entry`` (prepared data, one partition per worker: sparkdl.spark.prepared) in ``mode``
+        (default: ``choose_mode``), said in the log and in ``history.mode``."""
         from .launch import Launcher
+        launcher = Launcher(self, entry)
         if mode is None:
-            mode, reason = self.choose_mode(prepared)
+            mode, reason = self.choose_mode(launcher.sc, launcher.num_workers)
             run.history.mode, run.history.mode_reason = mode, reason
         log.info("sparkdl: %s mode (%s)", mode, run.history.mode_reason)
-        launcher = Launcher(self, prepared)
         if run.history.stats is not None:
             sc = launcher.sc
             executors = len(sc._jsc.sc().statusTracker().getExecutorInfos()) - (0 if launcher.local else 1)

@@ -7,8 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import fs
-from ..errors import BadValues
-from .data import partition_to_numpy
+from .data import task_errors
 
 _CACHE = {}  # path -> (x, y), per Python worker; a new fit writes new paths
 
@@ -50,24 +49,26 @@ def new_export_dir(base):
     return path
 
 
-def export(prepared, export_dir, n_features, label_dtype):
-    """Write each partition of ``prepared`` (columns X, Y) as one shard; returns [(path, rows)] by partition.
-    Raises sparkdl.errors.BadValues where the rows hold null, NaN or infinite feature values (found on the way)."""
+def export(entry, export_dir, label_dtype):
+    """Write each partition of ``entry.laid_out`` (sparkdl.spark.prepared: columns X, Y) as one shard, checking
+    it on the way (``Entry.check`` raises what is wrong, the directory then left empty); returns [(path, rows)] by
+    partition."""
     from pyspark import TaskContext
+    n_features, kind, classes = (entry.checks[k] for k in ("n_features", "loss_kind", "num_classes"))
 
     def write(batches):
-        found = {}
-        x, y = partition_to_numpy(batches, n_features, label_dtype, found=found)
+        from sparkdl.spark.prepared import checked_partition
+        x, y, meta = checked_partition(batches, n_features, kind, classes)
         pid = TaskContext.get().partitionId()
         path = fs.join(export_dir, f"shard-{pid:05d}.arrow")
-        if not found:
-            write_shard(path, x, y)
-        yield pa.record_batch([pa.array([pid], pa.int32()), pa.array([len(x)], pa.int64()), pa.array([path]),
-                               pa.array([json.dumps(found)])], names=["partition", "rows", "path", "found"])
+        if x is not None:
+            write_shard(path, x, y.astype(label_dtype))
+        yield pa.record_batch([pa.array([pid], pa.int32()), pa.array([path]), pa.array([json.dumps(meta)])],
+                              names=["partition", "path", "meta"])
 
-    rows = sorted(prepared.mapInArrow(write, "partition int, rows long, path string, found string").collect(),
-                  key=lambda r: r["partition"])
-    bad = BadValues.of([json.loads(r["found"]) for r in rows], sum(r["rows"] for r in rows))
-    if bad is not None:
-        raise bad
-    return [(r["path"], r["rows"]) for r in rows]
+    with task_errors():
+        out = sorted(entry.laid_out.mapInArrow(write, "partition int, path string, meta string").collect(),
+                     key=lambda r: r["partition"])
+    metas = [json.loads(r["meta"]) for r in out]
+    entry.check(metas)
+    return [(r["path"], m["rows"]) for r, m in zip(out, metas)]

@@ -10,10 +10,10 @@ import pyarrow as pa
 from .. import io
 from ..dist import wire
 from ..checks import positive_int
-from ..errors import BadValues, DataError, FitInterrupted
+from ..errors import DataError, FitInterrupted
 from ..metrics import Sums
 from ..dist.run import FitRun, stop_on_signals
-from . import data
+from . import data, prepared as cache
 from .master import ParameterAveraging, _storage_level
 
 log = logging.getLogger("sparkdl")
@@ -38,14 +38,39 @@ class SparkTrainer:
         if not hasattr(self.model, "input_shape") or isinstance(self.model.input_shape, dict):
             raise ValueError("SparkTrainer needs a model with a single input")
 
-    def _prepared(self, df, features_col, label_col, what, elements=True):
+    def _prepared(self, df, features_col, label_col, what):
         model = self.model
         prepared = data.prepare(df, features_col, label_col, role=what)
         n_features = int(np.prod(model.input_shape))
         kind = model.loss.kind if label_col is not None else None
-        rows = data.validate(prepared, n_features, kind, model.output_shape[-1], features_col, label_col, what,
-                             elements)
+        rows = data.validate(prepared, n_features, kind, model.output_shape[-1], features_col, label_col, what)
         return prepared, rows
+
+    def _checks(self, features_col, label_col, what):
+        model = self.model
+        return {"n_features": int(np.prod(model.input_shape)), "loss_kind": model.loss.kind,
+                "num_classes": model.output_shape[-1], "features_col": features_col, "label_col": label_col,
+                "what": what}
+
+    def _prepared_data(self, df, features_col, label_col, what, workers=None):
+        """The Entry (sparkdl.spark.prepared) of ``df``: kept and made ready by an earlier fit, else a new one (a
+        plan: the first pass over it checks and converts it), laid out for ``workers`` (a ParameterAveraging, or
+        None: the partitions as they are); kept for later fits with ``reuse_prepared``."""
+        checks = self._checks(features_col, label_col, what)
+        layout = None
+        if workers is not None:
+            layout = (workers.num_workers or df.sparkSession.sparkContext.defaultParallelism, workers.repartition)
+        key = (what, tuple(checks.items()), layout)
+        entry = cache.lookup(df, key)
+        if entry is not None:
+            log.info("sparkdl: the %s's prepared data (%d rows) kept from an earlier fit: reused", what, entry.rows)
+            return entry
+        frame = data.prepare(df, features_col, label_col, role=what)
+        n, laid_out = (None, frame) if workers is None else workers.workers_for(frame)
+        entry = cache.Entry(df, key, frame, laid_out, n, checks, _storage_level(self.master.storage_level))
+        if self.master.reuse_prepared:
+            cache.keep(entry)
+        return entry
 
     def fit(self, df, features_col="features", label_col="label", epochs=1, validation_df=None, callbacks=(),
             resume_from=None, verbose="auto"):
@@ -54,55 +79,44 @@ class SparkTrainer:
         epochs = positive_int("epochs", epochs)
         master, model = self.master, self.model
         resume_round = self._resume(resume_from) if resume_from is not None else 0
-        level = _storage_level(master.storage_level)
-        # each feature value (null, NaN, infinite) is checked where the workers convert the rows, not in a Spark
-        # pass of its own (3 s for MNIST on local[2]): sparkdl.errors.BadValues below
-        prepared, rows = self._prepared(df, features_col, label_col, "training DataFrame", elements=False)
-        marks["checked"] = time.time()
-        # persisted, so that the check, the training and a retried stage do not compute the user's plan again; a
-        # DataFrame the user cached already is read as it is (converting its features to array<float> is no work
-        # where they are array<float>): a second cache would cost a copy of the data and the time to build it
-        if df.is_cached and data.features_are_floats(df, features_col):
-            log.info("sparkdl: the training DataFrame is cached with array<float> features: read as it is")
-            persisted = []
-        else:
-            persisted = [prepared.persist(level)]
+        # checked, converted and laid out one partition per worker in one Spark pass where the fit first reads it,
+        # or kept from an earlier fit on the same DataFrame (sparkdl.spark.prepared)
+        entry = self._prepared_data(df, features_col, label_col, "training DataFrame", master)
+        if entry.ready:
+            marks["checked"] = time.time()
+        entries = [entry]
         evaluate_validation = None
         try:
-            mode, reason = master.choose_mode(prepared)
+            mode, reason = master.choose_mode(df.sparkSession.sparkContext, entry.workers)
             if validation_df is not None:
-                what = "validation DataFrame"
-                val, val_rows = self._prepared(validation_df, features_col, label_col, what,
-                                               elements=mode != "barrier")
+                val = self._prepared_data(validation_df, features_col, label_col, "validation DataFrame")
+                entries.append(val)
                 if mode == "barrier":
                     # the barrier stage holds the executors' slots: validate on the driver, data collected once
-                    with data.task_errors():
-                        table = val.select(data.X, data.Y).toArrow()
-                    found = {}
-                    vx, vy = data.batch_to_numpy(table, int(np.prod(model.input_shape)), True, what, features_col,
-                                                 found)
-                    bad = BadValues.of([found], val_rows)
-                    if bad is not None:
-                        raise bad.data_error(what, data.column_name(features_col), label_col)
-                    vx = vx.reshape((-1,) + tuple(model.input_shape))
+                    if val.arrays is None:
+                        table = val.packed().select(data.X, data.Y).toArrow()
+                        vx, vy = data.batch_to_numpy(table, int(np.prod(model.input_shape)))
+                        val.arrays = vx.reshape((-1,) + tuple(model.input_shape)), vy
+                        if val.kept:   # the arrays are what is kept
+                            val.frame.unpersist()
+                            val.frame = None
+                    vx, vy = val.arrays
                     evaluate_validation = lambda: model.evaluate(vx, vy)
                 else:
-                    persisted.append(val.persist(level))
-                    evaluate_validation = lambda: self._evaluate_prepared(val, 1024, "validation DataFrame", features_col)
+                    evaluate_validation = lambda: self._evaluate_prepared(val.packed(), 1024, "validation DataFrame",
+                                                                          features_col)
             marks["mode"] = time.time()
-            try:
-                history = self._run(prepared, mode, reason, epochs, callbacks, evaluate_validation, verbose,
-                                    resume_round, marks)
-            except BadValues as e:
-                raise e.data_error("training DataFrame", data.column_name(features_col), label_col) from None
+            history = self._run(entry, mode, reason, epochs, callbacks, evaluate_validation, verbose, resume_round,
+                                marks)
         finally:
-            for p in persisted:
-                p.unpersist()
+            for e in entries:
+                if not e.kept:
+                    e.release()
             df.sparkSession.sparkContext.setJobDescription(None)
         model.history = history
         return history
 
-    def _run(self, prepared, mode, reason, epochs, callbacks, evaluate_validation, verbose, resume_round, marks=None):
+    def _run(self, entry, mode, reason, epochs, callbacks, evaluate_validation, verbose, resume_round, marks=None):
         from .barrier import BarrierUnsupported
         master, model = self.master, self.model
         start = (model.get_flat_params(), model.get_flat_state(), model.optimizer.get_state())
@@ -112,7 +126,7 @@ class SparkTrainer:
         model.history = run.history   # callbacks may read the fit's history (its stats), as in the local fit
         try:
             with stop_on_signals(run), data.task_errors():
-                return master.fit(run, prepared, mode)
+                return master.fit(run, entry, mode)
         except BarrierUnsupported as e:
             if master.mode != "auto":
                 raise
@@ -120,7 +134,7 @@ class SparkTrainer:
             model.set_flat_params(start[0])
             model.set_flat_state(start[1])
             model.optimizer.set_state(start[2])
-            return self._run(prepared, "jobs", str(e).split(";")[0], epochs, callbacks, evaluate_validation, verbose,
+            return self._run(entry, "jobs", str(e).split(";")[0], epochs, callbacks, evaluate_validation, verbose,
                              resume_round, marks)
         except BaseException as e:
             error = e
@@ -171,6 +185,8 @@ class SparkTrainer:
             sums = None
             for b in batches:
                 x, y = data.batch_to_numpy(b, n_features, True, what, features_col)
+                if not len(x):
+                    continue
                 part = model.evaluate_sums(x.reshape((-1,) + input_shape), y, batch_size)
                 sums = part if sums is None else sums.merge(part)
             if sums is not None:

@@ -15,12 +15,12 @@ def show(values):
 
 def find_bad_values(values, start, x, y, found):
     """Count the rows of ``x`` holding null values (Arrow's validity of ``values`` from ``start``; they are NaN in
-    ``x``) and those holding NaN or infinite ones into ``found``, with the first of each as an example."""
+    ``x``; None: no nulls) and those holding NaN or infinite ones into ``found``, with the first of each as an example."""
     n, d = x.shape
     if np.isfinite(x).all():   # 2.5 ms for 10,000 rows of 784 values
         return
     null = np.zeros(x.shape, bool)
-    if values.null_count:
+    if values is not None and values.null_count:
         null = values.is_null().to_numpy(zero_copy_only=False)[start:start + n * d].reshape(n, d)
     null_rows = null.any(axis=1)
     rows = {"null_values": null_rows, "nonfinite": ~np.isfinite(x).all(axis=1) & ~null_rows}

@@ -170,11 +170,11 @@ def validate(prepared, n_features, loss_kind=None, num_classes=None, features_co
     return rows
 
 
-def check_sample(prepared, n_features, features_col, what, rows=16):
+def check_sample(prepared, n_features, features_col, what, rows=16, column=X):
     """The first ``rows`` rows' features (a cheap job: Spark reads only what it needs): for prediction, whose
     DataFrame is not scanned before the user's own action."""
     from pyspark.sql import functions as F
-    sizes = [r[0] for r in prepared.select(F.size(F.col(X))).limit(rows).collect()]
+    sizes = [r[0] for r in prepared.select(F.size(F.col(column))).limit(rows).collect()]
     fc = column_name(features_col)
     nulls = sum(1 for v in sizes if v is None or v < 0)
     if nulls:
@@ -186,12 +186,14 @@ def check_sample(prepared, n_features, features_col, what, rows=16):
                                   f"numbers per row, the model's input)")
 
 
-def batch_to_numpy(batch, n_features, with_labels=True, what="DataFrame", features_col="features", found=None):
+def batch_to_numpy(batch, n_features, with_labels=True, what="DataFrame", features_col="features", found=None,
+                   column=X):
     """(x float32 (rows, n_features), y float64 (rows,) or None) from an Arrow batch of prepared columns,
     without per-row Python: the list column's child buffer is already row-major. A malformed row is a DataError
     naming ``what`` (the DataFrame's role) and ``features_col``. With a dict ``found``, rows holding null, NaN or
-    infinite values are counted into it (sparkdl.errors.BadValues reads it): one pass over the values."""
-    col = batch.column(batch.schema.get_field_index(X))
+    infinite values are counted into it (sparkdl.errors.BadValues reads it): one pass over the values. ``column``:
+    where the features are (default: the prepared column)."""
+    col = batch.column(batch.schema.get_field_index(column))
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     if pa.types.is_binary(col.type):   # blocks of packed rows (sparkdl.spark.prepared)

@@ -67,20 +67,7 @@ class Entry:
         self._dirs = [d for d in dirs if d is not None]
 
     def check(self, metas):
-        """Raise the DataError the checks of a pass found (``metas``: per partition, its rows, the first problem
-        with it and the null, NaN or infinite values found): ``data.validate`` runs for its message (the count of
-        wrong rows and an example). Returns the rows."""
-        checks = self.checks
-        rows = sum(m["rows"] for m in metas)
-        problems = [m["problem"] for m in metas if m["problem"]]
-        if not problems and rows and not any(m["found"] for m in metas):
-            return rows
-        data.validate(self.prepared, **checks)
-        bad = BadValues.of([m["found"] for m in metas], rows)
-        if bad is not None:
-            raise bad.data_error(checks["what"], data.column_name(checks["features_col"]), checks["label_col"])
-        raise DataError(checks["what"], data.column_name(checks["features_col"]), problems[0] if problems else
-                        "no rows")
+        return check(self.prepared, self.checks, metas)
 
     def release(self):
         from .. import fs
@@ -105,6 +92,22 @@ class Entry:
         parts = f"{self.workers} partitions" if self.workers else "its own partitions"
         return (f"{self.checks['what']} of {self.rows} rows, {parts}, features "
                 f"{data.column_name(self.checks['features_col'])}, label {self.checks['label_col']}: {where}")
+
+
+def check(prepared, checks, metas):
+    """Raise the DataError the checks of a pass over ``prepared`` found (``metas``: per partition, its rows, the
+    first problem with it and the null, NaN or infinite values found: ``checked_partition``); ``data.validate``
+    runs for the message (the count of wrong rows and an example). ``checks``: validate's kwargs. Returns the
+    rows."""
+    rows = sum(m["rows"] for m in metas)
+    problems = [m["problem"] for m in metas if m["problem"]]
+    if not problems and rows and not any(m["found"] for m in metas):
+        return rows
+    data.validate(prepared, **checks)
+    bad = BadValues.of([m["found"] for m in metas], rows)
+    if bad is not None:
+        raise bad.data_error(checks["what"], data.column_name(checks["features_col"]), checks["label_col"])
+    raise DataError(checks["what"], data.column_name(checks["features_col"]), problems[0] if problems else "no rows")
 
 
 def held():

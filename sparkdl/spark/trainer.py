@@ -169,33 +169,57 @@ class SparkTrainer:
 
     # -- evaluation and inference ------------------------------------------------------------------------
     def evaluate(self, df, features_col="features", label_col="label", batch_size=1024):
-        """The model's loss and metrics over ``df``, computed on executors and merged on the driver."""
+        """The model's loss and metrics over ``df``, computed on executors and merged on the driver, in one Spark
+        pass that also checks the rows (a second one, for the message, only where a check fails)."""
         self._check_model("evaluate")
-        prepared, _ = self._prepared(df, features_col, label_col, "evaluation DataFrame")
-        return self._evaluate_prepared(prepared, batch_size, "evaluation DataFrame", features_col)
+        what = "evaluation DataFrame"
+        prepared = data.prepare(df, features_col, label_col, role=what)
+        return self._evaluate_prepared(prepared, batch_size, what, features_col,
+                                       self._checks(features_col, label_col, what))
 
-    def _evaluate_prepared(self, prepared, batch_size=1024, what="validation DataFrame", features_col="features"):
+    def _evaluate_prepared(self, prepared, batch_size=1024, what="validation DataFrame", features_col="features",
+                           checks=None):
+        """``checks`` (``_checks``): the rows are checked on the way, as a fit's pass does (sparkdl.spark.prepared);
+        None: they were checked before."""
         sc = prepared.sparkSession.sparkContext
         bc, key = sc.broadcast(io.model_to_bytes(self.model)), uuid.uuid4().hex
         n_features, input_shape = int(np.prod(self.model.input_shape)), tuple(self.model.input_shape)
+        kind, classes = (checks["loss_kind"], checks["num_classes"]) if checks else (None, None)
 
         def partials(batches):
-            from sparkdl.spark.trainer import _cached_model, _encode
-            model = _cached_model(key, bc)
-            sums = None
+            from sparkdl.spark.prepared import label_problem
+            from sparkdl.spark.inference import cached_model
+            from sparkdl.spark.trainer import _encode
+            model = cached_model(key, bc)
+            sums, found, problem, rows = None, {}, None, 0
             for b in batches:
-                x, y = data.batch_to_numpy(b, n_features, True, what, features_col)
-                if not len(x):
+                if problem is not None:
+                    continue
+                try:
+                    x, y = data.batch_to_numpy(b, n_features, True, what, features_col, found if checks else None)
+                except DataError as e:
+                    if checks is None:
+                        raise
+                    problem = str(e)
+                    continue
+                rows += len(x)
+                if checks:
+                    problem = label_problem(y, kind, classes)
+                if problem is not None or found or not len(x):
                     continue
                 part = model.evaluate_sums(x.reshape((-1,) + input_shape), y, batch_size)
                 sums = part if sums is None else sums.merge(part)
-            if sums is not None:
-                yield pa.record_batch([pa.array([_encode(sums)], pa.binary())], names=["partials"])
+            meta = json.dumps({"rows": rows, "problem": problem, "found": found})
+            yield pa.record_batch([pa.array([b"" if sums is None else _encode(sums)], pa.binary()),
+                                   pa.array([meta])], names=["partials", "meta"])
 
         sc.setJobDescription("sparkdl: evaluate")
         with data.task_errors():
-            rows = prepared.mapInArrow(partials, "partials binary").collect()
+            rows = prepared.mapInArrow(partials, "partials binary, meta string").collect()
         bc.destroy()
+        if checks:
+            cache.check(prepared, checks, [json.loads(r["meta"]) for r in rows])
+        rows = [r for r in rows if r["partials"]]
         sums = Sums()
         for row in rows:
             sums.merge(_decode(row["partials"]))
@@ -206,67 +230,8 @@ class SparkTrainer:
         """``df`` with predictions added by ``mapInArrow`` (the model broadcast once). Classifiers get
         ``probability_col`` (array<float>) and ``output_col`` (int, the most likely class); other models get
         ``output_col`` as double (one output) or array<float>."""
-        from pyspark.sql.types import ArrayType, DoubleType, FloatType, IntegerType, StructField, StructType
-        model = self.model
-        if not hasattr(model, "input_shape"):
-            raise ValueError("SparkTrainer.predict needs a model with a single input")
-        kind = model.loss.kind if model.loss is not None else "regression"
-        n_out = int(np.prod(model.output_shape))
-        for c in (output_col, probability_col):
-            if c in df.columns:
-                raise ValueError(f"output column {c!r} already exists in the DataFrame; choose another name")
-        what = "prediction DataFrame"
-        prepared = data.prepare(df, features_col, keep=True, role=what)
-        data.check_sample(prepared, int(np.prod(model.input_shape)), features_col, what)
-        fields = list(df.schema.fields)
-        if kind in ("multiclass", "binary"):
-            fields += [StructField(probability_col, ArrayType(FloatType(), False)),
-                       StructField(output_col, IntegerType())]
-        elif n_out == 1:
-            fields.append(StructField(output_col, DoubleType()))
-        else:
-            fields.append(StructField(output_col, ArrayType(FloatType(), False)))
-        schema = StructType(fields)
-        names = [f.name for f in df.schema.fields]
-        sc = df.sparkSession.sparkContext
-        bc, key = sc.broadcast(io.model_to_bytes(model)), uuid.uuid4().hex
-        n_features, input_shape = int(np.prod(model.input_shape)), tuple(model.input_shape)
-
-        def run(batches):
-            from sparkdl.spark.trainer import _cached_model
-            m = _cached_model(key, bc)
-            for b in batches:
-                x, _ = data.batch_to_numpy(b, n_features, False, what, features_col)
-                if not np.isfinite(x).all():
-                    bad = int((~np.isfinite(x)).any(axis=1).sum())
-                    raise DataError(what, data.column_name(features_col), f"{bad} of {len(x)} rows of a batch hold "
-                                                                          f"NaN or infinite values")
-                out = m.predict(x.reshape((-1,) + input_shape), batch_size)
-                cols = [b.column(b.schema.get_field_index(n)) for n in names]
-                if kind in ("multiclass", "binary"):
-                    probs = np.asarray(m.probabilities(out), np.float32).reshape(len(x), -1)
-                    if kind == "binary" and probs.shape[1] == 1:
-                        probs = np.concatenate([1 - probs, probs], axis=1)
-                    cols += [data.float_lists(probs), pa.array(probs.argmax(axis=1).astype(np.int32))]
-                elif n_out == 1:
-                    cols.append(pa.array(out.reshape(-1).astype(np.float64)))
-                else:
-                    cols.append(data.float_lists(out))
-                yield pa.record_batch(cols, names=names + [f.name for f in fields[len(names):]])
-
-        return prepared.mapInArrow(run, schema)
-
-
-_MODEL_CACHE = {}
-
-
-def _cached_model(key, bc):
-    """The broadcast model, deserialized once per Python worker (not per task or batch)."""
-    model = _MODEL_CACHE.get(key)
-    if model is None:
-        _MODEL_CACHE.clear()
-        model = _MODEL_CACHE[key] = io.model_from_bytes(bc.value)
-    return model
+        from .inference import predict
+        return predict(self.model, df, features_col, output_col, probability_col, batch_size)
 
 
 def _encode(sums):

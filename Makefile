@@ -37,7 +37,7 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m pip install -q -e '.[bench]'
-	$(BIN)/python bench/core.py --sparkdl-threads 1,2 $(BENCH_ARGS)
+	$(BIN)/python bench/core.py --sparkdl-threads auto,1,2 $(BENCH_ARGS)
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python bench/spark_fit.py $(SPARK_BENCH_ARGS)
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python bench/scale.py $(SCALE_BENCH_ARGS)
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python bench/memory.py $(MEMORY_BENCH_ARGS)

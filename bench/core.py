@@ -48,10 +48,11 @@ def parse_args(argv=None):
     p.add_argument("--models", default="mlp,cnn", help="comma-separated subset of mlp,cnn")
     p.add_argument("--threads", type=int, default=2, help="BLAS / OpenMP / torch intra-op threads")
     p.add_argument("--frameworks", default="sparkdl,torch", help="comma-separated subset of sparkdl,torch")
-    p.add_argument("--sparkdl-threads", default="1",
+    p.add_argument("--sparkdl-threads", default="auto",
                    help="comma-separated model.compile(threads=N) values for sparkdl, each its own runner in the same "
-                        "rounds (e.g. 1,2); N > 1 splits each batch across N threads with 1 BLAS thread each. The "
-                        "first is the 'sparkdl' column; the others are reported as sparkdl_tN with their own ratio")
+                        "rounds (e.g. auto,1,2); N > 1 splits each batch across N threads with 1 BLAS thread each, "
+                        "'auto' (the default of compile) chooses per model. The first is the 'sparkdl' column; the "
+                        "others are reported as sparkdl_tN with their own ratio")
     p.add_argument("--no-fit", action="store_true", help="skip the model.fit epoch throughput")
     p.add_argument("--mnist-dir", default=None,
                    help="MNIST IDX directory for the accuracy check (default: sparkdl.datasets.default_mnist_dir(); "
@@ -70,11 +71,13 @@ def parse_args(argv=None):
     if bad or not args.frameworks:
         p.error(f"--frameworks takes sparkdl and/or torch; received {args.frameworks}")
     try:
-        args.sparkdl_threads = [int(t) for t in args.sparkdl_threads.split(",") if t.strip()]
+        args.sparkdl_threads = [t.strip() if t.strip() == "auto" else int(t) for t in args.sparkdl_threads.split(",")
+                                if t.strip()]
     except ValueError:
         args.sparkdl_threads = []
-    if not args.sparkdl_threads or min(args.sparkdl_threads) < 1 or len(set(args.sparkdl_threads)) != len(args.sparkdl_threads):
-        p.error("--sparkdl-threads takes distinct positive ints, e.g. 1,2")
+    if not args.sparkdl_threads or min((t for t in args.sparkdl_threads if t != "auto"), default=1) < 1 \
+            or len(set(args.sparkdl_threads)) != len(args.sparkdl_threads):
+        p.error("--sparkdl-threads takes distinct positive ints or 'auto', e.g. auto,1,2")
     if args.steps < 0 or args.segment_seconds <= 0:
         p.error("--steps must be >= 0 and --segment-seconds > 0")
     for name in ("repeats", "batch_size", "threads", "mnist_epochs"):
@@ -122,7 +125,7 @@ INITIAL_WARMUP = 20   # steps per framework before the first round (thread pools
 
 
 # ---- models ------------------------------------------------------------------------------------------------
-def sparkdl_model(kind, seed, lr, momentum=0.0, threads=1):
+def sparkdl_model(kind, seed, lr, momentum=0.0, threads="auto"):
     """``(model, None)``, or ``(None, reason)`` when the layers are not available."""
     if kind == "mlp":
         layers = [Dense(256, activation="relu"), Dense(128, activation="relu"), Dense(10)]
@@ -137,7 +140,7 @@ def sparkdl_model(kind, seed, lr, momentum=0.0, threads=1):
                   Dense(10)]
     model = Sequential(layers, input_shape=INPUT_SHAPES[kind], seed=seed)
     model.compile(optim.SGD(learning_rate=lr, momentum=momentum), "sparse_categorical_crossentropy", ["accuracy"],
-                  **({"threads": threads} if threads != 1 else {}))
+                  threads=threads)
     return model, None
 
 
@@ -240,14 +243,14 @@ def interleaved(runners, steps, warmup, repeats, batch_size, pause, segment_seco
     return steps, out
 
 
-def summarize(segments, threads):
+def summarize(segments, threads, split=()):
     """Medians over the clean rounds (all rounds when fewer than MIN_CLEAN are clean) and per-round ratios."""
     names = list(segments)
     repeats = len(segments[names[0]])
     want = CLEAN_UTIL * min(threads, os.cpu_count() or threads)
-    # sparkdl_tN (batch split across N Python threads) cannot keep every core busy by design (GIL, uneven parts),
-    # so its CPU use does not count here; it runs between sparkdl and torch in every round, which do count.
-    judged = [n for n in names if not n.startswith("sparkdl_t")] or names
+    # a sparkdl runner whose batches are split across Python threads (``split``) cannot keep every core busy by
+    # design (GIL, uneven parts), so its CPU use does not count here; torch and the one-part runners do.
+    judged = [n for n in names if n not in split] or names
     clean = [i for i in range(repeats) if all(segments[n][i][1] >= want for n in judged)]
     used = clean if len(clean) >= MIN_CLEAN else list(range(repeats))
     res = {"rounds": repeats, "clean_rounds": len(clean), "stats_over": "clean" if used is clean else "all"}
@@ -384,6 +387,10 @@ def print_table(rows, args):
                 print(f"{kind:<5} {name}: {d['median']:,} ({d['best']:,}) samples/s, sparkdl_t/torch per round "
                       f"{res.get('ratio' + name[len('sparkdl'):], '-')}, cores {statistics.median(d['cpu_util']):.1f}")
     for kind, res in rows:
+        if res.get("sparkdl_parts"):
+            print(f"{kind:<5} parts per step (compile(threads=...)): " + ", ".join(
+                f"{n} {t}: {res['sparkdl_parts'][n]}" for n, t in zip(res["sparkdl_parts"], ARGS.sparkdl_threads)))
+    for kind, res in rows:
         if res.get("stats_over") == "all":
             print(f"# WARNING {kind}: only {res['clean_rounds']} of {res['rounds']} rounds had the {args.threads} "
                   f"cores to themselves (the machine is busy); figures are over all rounds and unreliable")
@@ -421,7 +428,9 @@ def main(args):
             steps, segments = interleaved(runners, args.steps, args.warmup, args.repeats, args.batch_size,
                                           args.pause, args.segment_seconds)
             res["steps"] = steps
-            res.update(summarize(segments, args.threads))
+            split = {r.name for r in runners if isinstance(r, SparkdlRunner) and r.model.parts() > 1}
+            res["sparkdl_parts"] = {r.name: r.model.parts() for r in runners if isinstance(r, SparkdlRunner)}
+            res.update(summarize(segments, args.threads, split))
             if runners[0].name == "sparkdl" and not args.no_fit:
                 xf, yf = random_data(kind, 40 * args.batch_size, args.seed + 1)
                 rate, util = fit_rate(runners[0].model, xf, yf, args.batch_size)

@@ -100,13 +100,31 @@ def resolve(backend="auto", gpus=(), local=False):
 _BLAS = []  # a threadpoolctl ThreadpoolController, made on first use ([None] without threadpoolctl)
 
 
-def blas_threads(n):
-    """A threadpoolctl limit holding BLAS to ``n`` threads (``restore_original_limits()`` ends it, or use it as a
-    context manager); None without threadpoolctl."""
+def _blas():
+    """threadpoolctl's ThreadpoolController, made on first use (None without threadpoolctl)."""
     if not _BLAS:
         try:
             from threadpoolctl import ThreadpoolController
             _BLAS.append(ThreadpoolController())
         except ImportError:
             _BLAS.append(None)
-    return None if _BLAS[0] is None else _BLAS[0].limit(limits=int(n), user_api="blas")
+    return _BLAS[0]
+
+
+def blas_threads(n):
+    """A threadpoolctl limit holding BLAS to ``n`` threads (``restore_original_limits()`` ends it, or use it as a
+    context manager); None without threadpoolctl."""
+    controller = _blas()
+    return None if controller is None else controller.limit(limits=int(n), user_api="blas")
+
+
+def usable_cpus():
+    """The CPUs this process may run on (its affinity), and no more than BLAS may use now (a Spark worker holds
+    BLAS to its share of the host: sparkdl.dist.host)."""
+    import os
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    controller = _blas()
+    if controller is not None:
+        counts = [lib.num_threads for lib in controller.select(user_api="blas").lib_controllers]
+        cpus = min([cpus] + counts)
+    return cpus

@@ -102,9 +102,66 @@ def test_dropout_replica_has_its_own_generator():
     assert np.isfinite(float(loss))
 
 
-def test_batch_norm_and_bad_threads_are_refused():
-    m = Sequential([Dense(8), BatchNormalization(), Dense(10)], input_shape=(12,))
-    with pytest.raises(ValueError, match=r"threads=2 needs a model without non-trainable state"):
+def bn_mlp(seed=0, dtype="float64"):
+    return Sequential([Dense(8), BatchNormalization(momentum=0.9), Dense(10, activation="softmax")],
+                      input_shape=(12,), seed=seed, dtype=dtype)
+
+
+def bn_cnn(seed=0, dtype="float64"):
+    return Sequential([Conv2D(3, 3), BatchNormalization(), MaxPooling2D(2), Conv2D(4, 3, activation="relu"),
+                       BatchNormalization(axis=1), Flatten(), Dense(10)], input_shape=(10, 10, 1), seed=seed,
+                      dtype=dtype)
+
+
+@pytest.mark.parametrize("make,shape", [(bn_mlp, (12,)), (bn_cnn, (10, 10, 1))], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("threads,n", [(2, 2), (2, 7), (3, 32)])
+def test_batch_norm_under_threads_keeps_whole_batch_statistics(make, shape, threads, n):
+    """The parts meet inside BatchNormalization: the batch mean and variance, the moving statistics and the input
+    gradient are the whole batch's, so the step is threads=1's."""
+    x, y = data(shape, n)
+    m1, r1 = step_params(make, 1, x, y, optimizer=optim.SGD(0.1, momentum=0.9), steps=3)
+    m2, r2 = step_params(make, threads, x, y, optimizer=optim.SGD(0.1, momentum=0.9), steps=3)
+    np.testing.assert_allclose(m2.params, m1.params, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(m2.state, m1.state, rtol=1e-11, atol=1e-12)
+    assert not np.allclose(m1.get_flat_state(), make().get_flat_state())   # the statistics moved
+    for (l1, o1), (l2, o2) in zip(r1, r2):
+        np.testing.assert_allclose(float(l2), float(l1), rtol=1e-11)
+        np.testing.assert_allclose(o2, o1, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(m2.predict(x), m1.predict(x), rtol=1e-10, atol=1e-12)
+
+
+def test_a_failing_part_raises_its_error_and_the_others_do_not_wait_for_it():
+    x, y = data((12,), 8)
+    m, _ = step_params(bn_mlp, 2, x, y)
+    (r,) = m._replicas
+
+    def broken(*a, **k):
+        raise RuntimeError("part 1 failed")
+    r.layers[0].forward = broken   # before the parts meet in BatchNormalization
+    done = []
+    t = threading.Thread(target=lambda: done.append(pytest.raises(RuntimeError, m.train_on_batch, x, y)))
+    t.start()
+    t.join(timeout=20)
+    assert not t.is_alive() and done and "part 1 failed" in str(done[0].value)
+    del r.layers[0].forward
+    loss, _ = m.train_on_batch(x, y)   # the next step runs normally
+    assert np.isfinite(float(loss))
+
+
+def test_state_of_other_layers_and_bad_threads_are_refused():
+    from sparkdl.nn.layer import Layer
+
+    class Seen(Layer):   # a layer with state of its own, which the parts could not share
+        def build(self, input_shape):
+            self.add_state("seen", (1,), "zeros")
+            return input_shape
+
+        def forward(self, x, training=False):
+            return x
+
+    m = Sequential([Dense(8), Seen(name="seen"), BatchNormalization(), Dense(10)], input_shape=(12,))
+    with pytest.raises(ValueError, match=r"threads=2 needs a model whose non-trainable state is in "
+                                         r"BatchNormalization layers .*\['seen'\] hold state of their own"):
         m.compile("sgd", threads=2)
     m.compile("sgd", threads=1)
     for bad in (0, -1, 1.5, True, "2"):
@@ -126,3 +183,29 @@ def test_blas_threads_are_restored_after_the_step():
     x, y = data((12,), 8)
     step_params(mlp, 2, x, y)
     assert [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"] == before
+
+
+def test_auto_splits_convolutional_models_only_and_holds_to_the_cpus_it_may_use():
+    from sparkdl.backend import blas_threads, usable_cpus
+    from sparkdl.dist.worker import worker_model
+    x, y = data((10, 10, 1), 8)
+    c = cnn()
+    c.compile("sgd")   # threads="auto", the default, chooses at the first step
+    assert c.threads == "auto"
+    c.train_on_batch(x, y)
+    assert c.parts() == min(2, usable_cpus()) and (c._replicas is not None) == (c.parts() > 1)
+    m = mlp()
+    m.compile("sgd")
+    m.train_on_batch(*data((12,), 8))
+    assert m.parts() == 1 and m._replicas is None   # an MLP's step is all GEMMs
+    held = blas_threads(1)   # as a Spark worker holds BLAS to its share of the host
+    try:
+        c1 = cnn()
+        c1.compile("sgd")
+        c1.train_on_batch(x, y)
+        assert c1.parts() == 1
+    finally:
+        if held is not None:
+            held.restore_original_limits()
+    w = worker_model(c.to_json(), '{"optimizer": "sgd", "loss": "sparse_categorical_crossentropy"}')
+    assert w.threads == 1   # a distributed fit's parallelism is its workers

@@ -31,7 +31,7 @@ def worker_model(model_json, compile_json, backend="numpy"):
     model = _MODELS.get(key)
     if model is None:
         model = model_from_config(json.loads(model_json), backend=backend).build()
-        model.compile(**json.loads(compile_json))
+        model.compile(**json.loads(compile_json), threads=1)   # a worker's parallelism is the other workers
         _MODELS.clear()  # one fit at a time per process: keep memory bounded
         _MODELS[key] = model
     return model

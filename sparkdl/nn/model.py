@@ -55,7 +55,7 @@ class Model(FlatBuffers, ThreadedSteps):
         self.compiled = False
         self.stop_training = False
         self.history = None
-        self.threads = 1
+        self.threads, self._auto = 1, None
         self._replicas = None   # threads > 1: models sharing self.params, one per extra part (built lazily)
         self._view_layouts = {}
         self._pool = None
@@ -109,22 +109,20 @@ class Model(FlatBuffers, ThreadedSteps):
     def output_activation(self):
         return getattr(self._output_layer(), "output_activation", None)
 
-    def compile(self, optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=(), threads=1):
-        """``threads`` > 1 (numpy backend, no non-trainable state such as BatchNormalization): each training
+    def compile(self, optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=(), threads="auto"):
+        """``threads`` > 1 (numpy backend; BatchNormalization keeps whole-batch statistics): each training
         batch is split into ``threads`` contiguous parts whose forward and backward passes run in parallel
         threads, each with one BLAS thread; their gradients are combined (weighted by part size, i.e. the
         gradient of the mean loss over the whole batch) and one optimizer step follows. The same step as
-        ``threads=1`` up to rounding; worth it where much of the step is single-threaded numpy work (CNNs)."""
+        ``threads=1`` up to rounding; worth it where much of the step is single-threaded numpy work (CNNs).
+        ``"auto"`` (the default) chooses at the first training step: 2 for a model with convolutions where this
+        process may use 2 CPUs and 2 BLAS threads (``bench/README.md``: 1.4-1.6x the LeNet step), else 1 (an MLP's
+        step is all GEMMs, which BLAS threads better)."""
         self._ensure_built()
-        threads = positive_int("threads", threads)
-        if threads > 1:
-            if self.state.size:
-                raise ValueError(f"threads={threads} needs a model without non-trainable state; this one has "
-                                 f"{self.state.size} state values (BatchNormalization?), whose batch statistics "
-                                 f"would be computed per part. Use threads=1")
-            if self.xp is not np:
-                raise ValueError(f"threads={threads} is for the numpy backend; this model uses {self.backend!r}. "
-                                 f"Use threads=1")
+        if threads != "auto":
+            threads = positive_int("threads", threads)
+            if threads > 1:
+                self._check_parts(threads)
         self.optimizer = optim.get(optimizer)
         self.optimizer.build(self.params.size, self.xp, self.dtype)
         self.loss = losses_mod.get(loss)
@@ -136,7 +134,7 @@ class Model(FlatBuffers, ThreadedSteps):
         if isinstance(metrics, (str, dict)):
             metrics = [metrics]
         self.metrics = [metrics_mod.get(m) for m in metrics]
-        self.threads = threads
+        self.threads, self._auto = threads, None
         self._replicas = None
         if self._pool is not None:
             self._pool.shutdown(wait=False)
@@ -195,7 +193,7 @@ class Model(FlatBuffers, ThreadedSteps):
 
     def train_on_batch(self, x, y):
         """One optimizer step on one (already checked) minibatch; returns (loss as 0-d array, outputs)."""
-        if self.threads > 1 and len(y) > 1:
+        if self.parts() > 1 and len(y) > 1:
             return self._train_on_parts(x, y)
         out = self._forward(self._device(x), True)
         loss, grad = self.loss_and_grad(out, self._device(y))

@@ -112,13 +112,34 @@ class BatchNormalization(_Normalization):
         self.add_state("moving_variance", channels, self.moving_variance_initializer)
         return input_shape
 
+    part_sync = None   # (PartSync, part) while a threaded step runs (sparkdl.nn.replicas): whole-batch statistics
+
+    def _whole_batch(self, sums, count):
+        """(sums, count) added up over the parts of a threaded step; as they are otherwise."""
+        if self.part_sync is None:
+            return sums, count
+        sync, part = self.part_sync
+        flat = self.xp.concatenate([s.reshape(-1) for s in sums] + [self.xp.asarray([count], sums[0].dtype)])
+        total = sync.allsum(part, flat)
+        size = sums[0].size
+        return [total[i * size:(i + 1) * size].reshape(s.shape) for i, s in enumerate(sums)], total[-1]
+
+    def _mean(self, a):
+        """The mean of ``a`` over the reduced axes (kept), over the whole batch."""
+        if self.part_sync is None:
+            return a.mean(axis=self._reduce_param, keepdims=True)
+        s = a.sum(axis=self._reduce_param, keepdims=True)
+        (s,), n = self._whole_batch([s], a.size // s.size)
+        return s / n
+
     def forward(self, x, training=False):
-        axes = self._reduce_param
         if training:
-            mean = x.mean(axis=axes, keepdims=True)
+            mean = self._mean(x)
             xhat = x - mean
-            var = (xhat * xhat).mean(axis=axes, keepdims=True)
+            var = self._mean(xhat * xhat)
             for name, batch in (("moving_mean", mean), ("moving_variance", var)):
+                if self.part_sync is not None and self.part_sync[1]:   # the first part keeps the statistics
+                    break
                 moving = self.state[name]
                 moving *= self.momentum
                 moving += (1.0 - self.momentum) * batch.reshape(moving.shape)
@@ -139,8 +160,9 @@ class BatchNormalization(_Normalization):
         scale = inv * self._gamma() if self.scale else inv
         if not training:
             return grad * scale
-        # d/dx of the batch statistics too: the usual batch-norm gradient, from the two sums above
-        n = xhat.size // sum_g.size
+        # d/dx of the batch statistics too: the usual batch-norm gradient, from the two sums above (over the
+        # whole batch where the step runs in parts; the param grads above stay the part's, added up after)
+        (sum_g, sum_gx), n = self._whole_batch([sum_g, sum_gx], xhat.size // sum_g.size)
         return scale * (grad - (sum_g.reshape(self._bshape) + xhat * sum_gx.reshape(self._bshape)) / n)
 
     def get_config(self):

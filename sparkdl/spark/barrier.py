@@ -122,17 +122,18 @@ def run_barrier(launcher, spec, run):
     if not launcher.local:
         frame = launcher.entry.packed()
         run.mark("checked")
-        return _run_stage(launcher, frame, _task(spec, run.input_shape, run.n_features, run.label_dtype, False))
+        return _run_stage(launcher, run, frame, _task(spec, run.input_shape, run.n_features, run.label_dtype, False))
     from .jobs import exported
     with exported(launcher, run):
         n = launcher.num_workers
-        _run_stage(launcher, launcher.session.range(n, numPartitions=n),
+        _run_stage(launcher, run, launcher.session.range(n, numPartitions=n),
                    _task(spec, run.input_shape, run.n_features, run.label_dtype, True, launcher.paths))
 
 
-def _run_stage(launcher, frame, task):
+def _run_stage(launcher, run, frame, task):
     sc = launcher.sc
-    sc.setJobGroup(launcher.group, f"sparkdl fit: one barrier stage of {launcher.num_workers} workers", True)
+    sc.setJobGroup(launcher.group, f"sparkdl fit: {run.epochs} epochs in one barrier stage of {launcher.num_workers} "
+                                   f"workers", True)
     try:
         frame.mapInArrow(task, "worker int, rows long", barrier=True).repartition(1).collect()
     except Exception as e:

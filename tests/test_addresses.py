@@ -110,3 +110,28 @@ def test_without_a_shared_default_the_shard_directory_is_a_temporary_local_one(t
     for launcher in (Launcher(local=True, checkpoints="hdfs://nn/c", default_fs="hdfs://nn"), Launcher()):
         base, made = export_base(launcher)
         assert made and base.startswith(str(tmp_path)) and os.path.isdir(base)
+
+
+def test_the_barrier_stage_names_its_fit_as_the_compose_tests_event_log_check_reads_it():
+    """docker/compose-test.sh finds the training jobs in the event logs by their description."""
+    import re
+    from types import SimpleNamespace
+
+    class Frame:   # a stand-in DataFrame: the stage's calls, nothing run
+        def mapInArrow(self, task, schema, barrier=False):
+            assert barrier
+            return self
+
+        def repartition(self, n):
+            return self
+
+        def collect(self):
+            return []
+
+    said = {}
+    sc = SimpleNamespace(setJobGroup=lambda group, text, interrupt: said.update(text=text),
+                         setLocalProperty=lambda key, value: None)
+    barrier._run_stage(SimpleNamespace(sc=sc, group="g", num_workers=2), SimpleNamespace(epochs=3), Frame(), None)
+    check = open(os.path.join(os.path.dirname(__file__), "..", "docker", "compose-test.sh")).read()
+    pattern = re.search(r're\.match\(r"(sparkdl fit: [^"]+)"', check).group(1)
+    assert said["text"] == "sparkdl fit: 3 epochs in one barrier stage of 2 workers" and re.match(pattern, said["text"])

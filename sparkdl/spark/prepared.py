@@ -1,18 +1,19 @@
 """Prepared data, kept for the next fit on the same DataFrame.
 
 A fit checks the DataFrame, converts its features to float32 and lays its rows out one partition per worker in
-one Spark pass (``build``): each partition becomes blocks of packed float32 rows and float64 labels (one binary
-value per block of about 4 MB), persisted at the fit's ``storage_level``. A worker reads its blocks without
-converting a value (an array<float> column takes Spark 5-7x longer to hand over to Python than the same floats
-as binary).
+one Spark pass, where it first reads them: into shard files (jobs mode, and barrier mode on a local master, whose
+workers memory-map them: sparkdl.spark.jobs.exported), or into blocks of packed float32 rows and float64 labels
+(one binary value per block of about 4 MB) persisted at the fit's ``storage_level`` (barrier mode on a cluster:
+Spark hands a binary column to Python 5-7x faster than the same floats as array<float>). Where a check fails,
+``data.validate`` words the error.
 
-The prepared data of the last ``LIMIT`` DataFrames stay cached after their fit (``reuse_prepared=True``, the
-default): a fit on a DataFrame with the same plan (``DataFrame.sameSemantics``) and the same columns, checks and
-workers skips the checks, the conversion and the repartition, as do the folds of a CrossValidator that fit
-several parameter maps, and a fit resumed on the same data. As with ``DataFrame.cache``, data changed under the
-same plan (files rewritten in place) is not seen until ``release`` drops what was kept. ``held()`` lists it.
+The prepared data of the last ``LIMIT`` DataFrames stay after their fit (``reuse_prepared=True``, the default): a
+fit on a DataFrame with the same plan (``DataFrame.sameSemantics``) and the same columns, checks and workers skips
+the checks, the conversion and the repartition, as do the folds of a CrossValidator that fit several parameter
+maps, and a fit resumed on the same data. As with ``DataFrame.cache``, data changed under the same plan (files
+rewritten in place) is not seen until ``release`` drops what was kept. ``held()`` lists it.
 
-Validation data of a barrier fit, which the driver evaluates, is kept the same way as numpy arrays on the driver.
+Validation data of a barrier fit, which the driver evaluates, is kept as numpy arrays on the driver.
 """
 import atexit
 import collections

@@ -110,7 +110,7 @@ class SparkTrainer:
                                 marks)
         finally:
             for e in entries:
-                if not e.kept:
+                if not (e.kept and e.ready):   # kept only once made ready (not after a failed check, say)
                     e.release()
             df.sparkSession.sparkContext.setJobDescription(None)
         model.history = history

@@ -137,12 +137,11 @@ class BatchNormalization(_Normalization):
             mean = self._mean(x)
             xhat = x - mean
             var = self._mean(xhat * xhat)
-            for name, batch in (("moving_mean", mean), ("moving_variance", var)):
-                if self.part_sync is not None and self.part_sync[1]:   # the first part keeps the statistics
-                    break
-                moving = self.state[name]
-                moving *= self.momentum
-                moving += (1.0 - self.momentum) * batch.reshape(moving.shape)
+            if self.part_sync is None or self.part_sync[1] == 0:   # in a threaded step, the first part keeps them
+                for name, batch in (("moving_mean", mean), ("moving_variance", var)):
+                    moving = self.state[name]
+                    moving *= self.momentum
+                    moving += (1.0 - self.momentum) * batch.reshape(moving.shape)
         else:
             mean = self.state["moving_mean"].reshape(self._bshape)
             var = self.state["moving_variance"].reshape(self._bshape)

@@ -3,6 +3,7 @@ forward and backward passes run in parallel threads on replicas of the model tha
 with one BLAS thread; their gradients add up to the gradient of the whole batch's mean loss, and one optimizer
 step follows. ``ThreadedSteps`` is that part of sparkdl.nn.model.Model."""
 import contextlib
+import threading
 
 import numpy as np
 
@@ -28,7 +29,6 @@ class PartSync:
     others raise instead of waiting for it."""
 
     def __init__(self, parts):
-        import threading
         self.parts = parts
         self._barrier = threading.Barrier(parts)
         self._slots = ([None] * parts, [None] * parts)   # alternate calls use alternate slots
@@ -147,7 +147,6 @@ class ThreadedSteps:
                 for layer in _synced_layers(m):
                     layer.part_sync = None
             if errors:   # the part's own error, not the broken barrier it left the others
-                import threading
                 raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
             for m, _, _ in jobs[1:]:
                 self.grads += m.grads

@@ -75,5 +75,3 @@ def cached_model(key, bc):
         _MODELS.clear()
         model = _MODELS[key] = io.model_from_bytes(bc.value)
     return model
-
-

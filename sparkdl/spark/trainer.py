@@ -38,14 +38,6 @@ class SparkTrainer:
         if not hasattr(self.model, "input_shape") or isinstance(self.model.input_shape, dict):
             raise ValueError("SparkTrainer needs a model with a single input")
 
-    def _prepared(self, df, features_col, label_col, what):
-        model = self.model
-        prepared = data.prepare(df, features_col, label_col, role=what)
-        n_features = int(np.prod(model.input_shape))
-        kind = model.loss.kind if label_col is not None else None
-        rows = data.validate(prepared, n_features, kind, model.output_shape[-1], features_col, label_col, what)
-        return prepared, rows
-
     def _checks(self, features_col, label_col, what):
         model = self.model
         return {"n_features": int(np.prod(model.input_shape)), "loss_kind": model.loss.kind,
@@ -103,8 +95,7 @@ class SparkTrainer:
                     vx, vy = val.arrays
                     evaluate_validation = lambda: model.evaluate(vx, vy)
                 else:
-                    evaluate_validation = lambda: self._evaluate_prepared(val.packed(), 1024, "validation DataFrame",
-                                                                          features_col)
+                    evaluate_validation = lambda: self._evaluate_prepared(val.packed(), 1024, val.checks, val.prepared)
             marks["mode"] = time.time()
             history = self._run(entry, mode, reason, epochs, callbacks, evaluate_validation, verbose, resume_round,
                                 marks)
@@ -165,7 +156,8 @@ class SparkTrainer:
         """Check ``df`` as ``fit`` and ``evaluate`` do, in one Spark job, without training (for data that is used
         later, such as a test set); raises sparkdl.DataError naming ``role`` and the column. Returns the row count."""
         self._check_model("check")
-        return self._prepared(df, features_col, label_col, role)[1]
+        prepared = data.prepare(df, features_col, label_col, role=role)
+        return data.validate(prepared, **self._checks(features_col, label_col, role))
 
     # -- evaluation and inference ------------------------------------------------------------------------
     def evaluate(self, df, features_col="features", label_col="label", batch_size=1024):
@@ -174,17 +166,15 @@ class SparkTrainer:
         self._check_model("evaluate")
         what = "evaluation DataFrame"
         prepared = data.prepare(df, features_col, label_col, role=what)
-        return self._evaluate_prepared(prepared, batch_size, what, features_col,
-                                       self._checks(features_col, label_col, what))
+        return self._evaluate_prepared(prepared, batch_size, self._checks(features_col, label_col, what))
 
-    def _evaluate_prepared(self, prepared, batch_size=1024, what="validation DataFrame", features_col="features",
-                           checks=None):
-        """``checks`` (``_checks``): the rows are checked on the way, as a fit's pass does (sparkdl.spark.prepared);
-        None: they were checked before."""
-        sc = prepared.sparkSession.sparkContext
+    def _evaluate_prepared(self, frame, batch_size, checks, prepared=None):
+        """The evaluation of ``frame`` (prepared columns, or a fit's packed blocks of ``prepared``), its rows
+        checked on the way with ``checks`` (``_checks``) as a fit's pass checks them (sparkdl.spark.prepared)."""
+        sc = frame.sparkSession.sparkContext
         bc, key = sc.broadcast(io.model_to_bytes(self.model)), uuid.uuid4().hex
         n_features, input_shape = int(np.prod(self.model.input_shape)), tuple(self.model.input_shape)
-        kind, classes = (checks["loss_kind"], checks["num_classes"]) if checks else (None, None)
+        kind, classes, what, features_col = (checks[k] for k in ("loss_kind", "num_classes", "what", "features_col"))
 
         def partials(batches):
             from sparkdl.spark.prepared import label_problem
@@ -196,15 +186,12 @@ class SparkTrainer:
                 if problem is not None:
                     continue
                 try:
-                    x, y = data.batch_to_numpy(b, n_features, True, what, features_col, found if checks else None)
+                    x, y = data.batch_to_numpy(b, n_features, True, what, features_col, found)
                 except DataError as e:
-                    if checks is None:
-                        raise
                     problem = str(e)
                     continue
                 rows += len(x)
-                if checks:
-                    problem = label_problem(y, kind, classes)
+                problem = label_problem(y, kind, classes)
                 if problem is not None or found or not len(x):
                     continue
                 part = model.evaluate_sums(x.reshape((-1,) + input_shape), y, batch_size)
@@ -215,14 +202,13 @@ class SparkTrainer:
 
         sc.setJobDescription("sparkdl: evaluate")
         with data.task_errors():
-            rows = prepared.mapInArrow(partials, "partials binary, meta string").collect()
+            rows = frame.mapInArrow(partials, "partials binary, meta string").collect()
         bc.destroy()
-        if checks:
-            cache.check(prepared, checks, [json.loads(r["meta"]) for r in rows])
-        rows = [r for r in rows if r["partials"]]
+        cache.check(frame if prepared is None else prepared, checks, [json.loads(r["meta"]) for r in rows])
         sums = Sums()
         for row in rows:
-            sums.merge(_decode(row["partials"]))
+            if row["partials"]:
+                sums.merge(_decode(row["partials"]))
         return self.model.evaluate_results(sums)
 
     def predict(self, df, features_col="features", output_col="prediction", probability_col="probability",

@@ -105,6 +105,27 @@ def test_the_driver_hears_one_tally_per_round_and_the_model_once_per_epoch(shard
     assert all(b <= 1.1 * 2 * (WORKERS - 1) / WORKERS * s + 1024 for b in ring_bytes), (ring_bytes, s)
 
 
+class EpochEnds(Callback):
+    """A callback of a user's: it may read the model at epoch ends (the default)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen = self.model.get_flat_params().copy()
+
+
+def test_the_driver_fetches_epoch_ends_only_where_something_reads_the_model_there(shards):
+    """12 epochs of 3 rounds: without validation or a callback that reads the model at epoch ends, the driver fetches
+    it for the layer samples only (every 6 rounds); with one, at every epoch end."""
+    _, history = fit("barrier", shards, epochs=12)
+    fetched = [r["round"] for r in history.stats.rounds if r["driver_model_bytes"]]
+    assert fetched == [5, 11, 17, 23, 29, 35]
+    assert len(history.history["loss"]) == 12 and len(history.stats.layers) == 1 + len(fetched)
+    reader = EpochEnds()
+    model, history = fit("barrier", shards, epochs=12, callbacks=[reader])
+    fetched = [r["round"] for r in history.stats.rounds if r["driver_model_bytes"]]
+    assert fetched == [3 * e + 2 for e in range(12)]
+    assert np.array_equal(reader.seen, model.get_flat_params())   # the last epoch end's model is the fit's
+
+
 class Kill(Callback):
     def __init__(self, launcher, worker, at_round):
         self.launcher, self.worker, self.at_round, self.killed = launcher, worker, at_round, None

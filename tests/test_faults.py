@@ -199,7 +199,7 @@ def test_the_cli_stops_on_sigint_in_one_line_and_a_killed_one_resumes(tmp_path, 
     assert _left_in(proc.pid) == [], "processes were left running"
 
     checkpoints = f"file://{tmp_path / 'checkpoints'}"     # a URI, as on a cluster's filesystem
-    proc = _train(tmp_path / "kill", mode, epochs, "--checkpoint-dir", checkpoints)
+    proc = _train(tmp_path / "kill", mode, epochs, "--checkpoint-dir", checkpoints, "--checkpoint-every", "epoch")
     _wait_for(tmp_path / "checkpoints" / "checkpoint.npz", proc)
     os.killpg(proc.pid, signal.SIGKILL)                     # the driver and everything it started
     proc.communicate()

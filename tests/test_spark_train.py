@@ -272,3 +272,28 @@ def test_prepared_data_is_kept_for_the_next_fit_on_the_same_dataframe_and_releas
     assert release_prepared(df) == 1 and prepared_data() == [] and not any(os.path.exists(p) for p in paths)
     for w in weights[1:]:
         np.testing.assert_array_equal(weights[0], w)
+
+
+@pytest.mark.parametrize("mode", ["jobs", "barrier"])
+def test_the_driver_holds_blas_to_one_thread_while_local_workers_fit(digits, mode):
+    """On a local master the workers use the driver's CPUs, and OpenBLAS's idle threads spin after every call: the
+    driver keeps to one BLAS thread during the fit and gets its threads back after it."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from sparkdl.backend import blas_threads
+
+    def threads():
+        return max((i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"), default=0)
+
+    seen = []
+
+    class Blas(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(threads())
+
+    with blas_threads(2):
+        before = threads()
+        if before < 2:
+            pytest.skip(f"BLAS can run only {before} thread here")
+        trainer(mlp(), num_workers=2, mode=mode).fit(digits[2], epochs=2, callbacks=[Blas()], verbose=0)
+        after = threads()
+    assert before == after == 2 and seen == [1, 1], (before, seen, after)

@@ -18,8 +18,8 @@ Each worker's tally row (examples, loss and metric sums, timings) is added up on
 sends the driver one row per round: the driver's bytes per round depend neither on the model nor on the
 number of workers.
 
-The driver needs the model only at some rounds (epoch ends, callbacks that read it: ``FitRun.needs_model``),
-listed in advance; there every leader sends it its summed range (the model once in all), every worker its
+The driver needs the model only at some rounds (the last, those callbacks read it at, epoch ends where there
+is validation or a callback wants it, a few for the stats' layer samples: ``FitRun.needs_model``), listed in advance; there every leader sends it its summed range (the model once in all), every worker its
 timing records, and the driver answers with a verdict (go on, or stop: then the model is that round's
 average). Workers wait for the verdict only one round later, so the driver's epoch-end work (validation,
 callbacks) overlaps the next round.

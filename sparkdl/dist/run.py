@@ -48,6 +48,7 @@ class FitRun(Stoppable):
         self.synced_iterations = int(model.optimizer.iterations)   # the optimizer's steps after that round
         self.epoch_rounds = []   # (round, Sums) of the current epoch, for a rollback
         self.stopped = False
+        self.ended = -1   # the last epoch whose end was handled (logs, callbacks): a roll-back does not redo it
         self.stop_signal = None   # the signal that asked the fit to stop (stop_on_signals)
         self.stoppers = []        # what stops the running work: cancel the Spark jobs, abort the workers
         self.next_round = resume_round
@@ -103,6 +104,8 @@ class FitRun(Stoppable):
                                 workers=len(shard_sizes), rounds_per_epoch=self.rounds_per_epoch,
                                 master={k: v for k, v in vars(self.master).items() if not k.startswith("_")})
             self._layer_step = max(1, total_rounds // stats_mod.MAX_LAYER_SAMPLES)
+            # never more often than once an epoch (which fits with few epochs fetch anyway)
+            self._fetch_step = max(self.rounds_per_epoch, -(-total_rounds // stats_mod.MAX_FETCHED_SAMPLES))
             stats.sample_layers(self.model, self.resume_round - 1)   # the starting point of the first update
         self.callbacks.on_train_begin(logs)
         self.start_clock()
@@ -115,7 +118,8 @@ class FitRun(Stoppable):
 
     def rounds(self):
         """(epoch, round in epoch, global round) for every round still to run; epoch ends are handled here.
-        After ``rollback`` the rounds go on from the rolled-back point."""
+        After ``rollback`` the rounds go on from the rolled-back point; the ends of epochs already ended are not
+        handled again (the rounds run again average to what they did: their logs were right)."""
         total = self.epochs * self.rounds_per_epoch
         self.next_round, begun = self.resume_round, None
         while self.next_round < total:
@@ -123,14 +127,16 @@ class FitRun(Stoppable):
             g = self.next_round
             epoch, r = divmod(g, self.rounds_per_epoch)
             if epoch != begun:
-                self._untimed(self._begin_epoch, epoch)
+                if epoch > self.ended:
+                    self._untimed(self._begin_epoch, epoch)
                 begun = epoch
             self.next_round = g + 1
             yield epoch, r, g
             if self.stopped:
                 return
-            if self.next_round == g + 1 and r == self.rounds_per_epoch - 1:
+            if self.next_round == g + 1 and r == self.rounds_per_epoch - 1 and epoch > self.ended:
                 self._untimed(self._end_epoch, epoch)
+                self.ended = epoch
                 if self.model.stop_training:
                     self.stopped = True
                     return
@@ -144,7 +150,6 @@ class FitRun(Stoppable):
         if stats is not None:
             stats.rounds = [rec for rec in stats.rounds if rec["round"] <= g]
             stats.workers = [rec for rec in stats.workers if rec["round"] <= g]
-            stats.epochs = [rec for rec in stats.epochs if rec["round"] <= g]
             stats.layers = [rec for rec in stats.layers if rec["round"] <= g]
             stats._last = None   # the next sample starts a new interval
         self.epoch_rounds = [(h, c) for h, c in self.epoch_rounds if h <= g]
@@ -171,9 +176,15 @@ class FitRun(Stoppable):
 
     # -- applying a round -----------------------------------------------------------------------------------
     def needs_model(self, r, g):
-        """Whether round g's average must be in the model when the round is committed: at epoch ends (validation,
-        callbacks, the end of the fit) and where a callback reads it. Elsewhere a master may skip it."""
-        return r == self.rounds_per_epoch - 1 or self.callbacks.reads_model_at_round(g)
+        """Whether round g's average must be in the model when the round is committed: at the end of the fit, where
+        a callback reads it, at epoch ends where there is validation or a callback reads it there (or may stop the
+        fit), and every few rounds for the stats' layer samples. Elsewhere a master may skip it."""
+        if g == self.epochs * self.rounds_per_epoch - 1 or self.callbacks.reads_model_at_round(g):
+            return True
+        if r == self.rounds_per_epoch - 1 and (self.evaluate_validation is not None
+                                               or self.callbacks.reads_model_at_epoch_end()):
+            return True
+        return self.history.stats is not None and (g + 1) % self._fetch_step == 0
 
     def average(self, total, epoch, r, g, arrays=None, skip=False):
         """The round's averaged buffers (``arrays``, a dict by part name, when the master averaged them itself;

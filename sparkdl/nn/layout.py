@@ -44,13 +44,16 @@ class FlatBuffers:
         """[(layer name, start, stop)]: where each layer's weights lie in the flat ``params`` (layers without
         weights left out)."""
         self._ensure_built()
-        entries = [(layer.name, spec) for layer in self.layers for spec in layer.param_specs]
-        offsets, _ = layout([spec for _, spec in entries])
-        ranges = {}
-        for (name, (_, shape, _)), off in zip(entries, offsets):
-            lo, hi = ranges.get(name, (off, off))
-            ranges[name] = (min(lo, off), max(hi, off + int(np.prod(shape))))
-        return [(name, lo, hi) for name, (lo, hi) in ranges.items()]
+        cached = self._view_layouts.get("ranges")   # fixed once built; the stats read it every epoch
+        if cached is None:
+            entries = [(layer.name, spec) for layer in self.layers for spec in layer.param_specs]
+            offsets, _ = layout([spec for _, spec in entries])
+            ranges = {}
+            for (name, (_, shape, _)), off in zip(entries, offsets):
+                lo, hi = ranges.get(name, (off, off))
+                ranges[name] = (min(lo, off), max(hi, off + int(np.prod(shape))))
+            cached = self._view_layouts["ranges"] = [(name, lo, hi) for name, (lo, hi) in ranges.items()]
+        return list(cached)
 
     def layer_norms(self, flat):
         """{layer name: L2 norm of its part of ``flat``}, a buffer laid out as ``params`` (``grads`` after a step:

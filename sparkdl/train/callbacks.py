@@ -22,6 +22,13 @@ class Callback:
         ``on_round_end`` is overridden."""
         return type(self).on_round_end is not Callback.on_round_end
 
+    def reads_model_at_epoch_end(self):
+        """Distributed training: whether ``on_epoch_end`` reads ``self.model`` or may stop the fit. Barrier mode
+        fetches the model from the workers at every epoch end only where a callback (or validation) says so: on
+        small data an epoch takes milliseconds and a fetch per epoch would cost the workers a tenth of their time.
+        Default: True (a callback of yours may read the weights, as in Keras)."""
+        return True
+
 
 class CallbackList:
     def __init__(self, callbacks, model):
@@ -33,6 +40,9 @@ class CallbackList:
 
     def reads_model_at_round(self, round):
         return any(cb.reads_model_at_round(round) for cb in self.callbacks)
+
+    def reads_model_at_epoch_end(self):
+        return any(cb.reads_model_at_epoch_end() for cb in self.callbacks)
 
     def __getattr__(self, hook):
         def call(*args, **kwargs):
@@ -46,6 +56,9 @@ class History(Callback):
 
     def __init__(self):
         self.history, self.epoch = {}, []
+
+    def reads_model_at_epoch_end(self):
+        return False
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch.append(epoch)
@@ -144,7 +157,10 @@ class RoundCheckpoint(Callback):
         self.saved, self.last_round = [], None
 
     def reads_model_at_round(self, round):
-        return self.every != "epoch" and (round + 1) % self.every == 0   # epoch ends read the model anyway
+        return self.every != "epoch" and (round + 1) % self.every == 0
+
+    def reads_model_at_epoch_end(self):
+        return self.every == "epoch"
 
     def on_round_end(self, round, logs=None):
         from .. import fs

@@ -9,6 +9,9 @@ import numpy as np
 from ..backend import to_numpy
 
 MAX_LAYER_SAMPLES = 100   # per fit: sampling the layers costs a pass over the model, so it is bounded
+# per barrier fit, the rounds fetched for the layer samples alone (a fetch moves the model to the driver); more come
+# with the fetches validation and callbacks ask for
+MAX_FETCHED_SAMPLES = 6
 
 
 class TrainingStats:

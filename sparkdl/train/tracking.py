@@ -86,6 +86,9 @@ class MLflowLogger(Callback):
     def reads_model_at_round(self, round):
         return False
 
+    def reads_model_at_epoch_end(self):   # per-epoch metrics only; the model is read at the end of the fit
+        return False
+
     def _experiment_id(self):
         from mlflow.exceptions import MlflowException
         found = self.client.get_experiment_by_name(self.experiment)
@@ -180,6 +183,9 @@ class TensorBoardLogger(Callback):
         self.writer = None
 
     def reads_model_at_round(self, round):
+        return False
+
+    def reads_model_at_epoch_end(self):   # per-epoch metrics only; the model is read at the end of the fit
         return False
 
     def on_train_begin(self, logs=None):

@@ -3,7 +3,8 @@
 MLP 784-256-128-10 on MNIST (real files when found, else MNIST-shaped random data), 2 workers, batch 64 per
 worker, averaging every 5 minibatches, Adam(1e-3). Reports one-epoch wall time, the driver's per-round overhead
 (round wall time minus the slowest worker's fitting time), the share of worker time spent fitting, and the
-time to 97% test accuracy (evaluation time excluded), all measured in the same run.
+time to 97% test accuracy (evaluation time excluded), all measured in the same run; for each worker of the Spark
+modes, its peak memory while training and before (issue 17), against its partition's bytes.
 
     python bench/spark_fit.py [--mnist-dir DIR] [--modes local,jobs,barrier,barrier-tcp,torch] [--max-epochs 5]
 
@@ -55,6 +56,10 @@ class Clock(Callback):
 
     def on_train_begin(self, logs=None):
         self.t0, self.excluded = time.perf_counter(), 0.0
+        self.workers = {w["worker"]: w.get("pid") for w in (logs or {}).get("workers", [])}
+        self.loaded = {w: status(pid, "VmHWM") for w, pid in self.workers.items()}   # the one Spark pass, the load
+        for pid in self.workers.values():
+            reset_peak(pid)   # from here: training
 
     def on_epoch_end(self, epoch, logs=None):
         t = time.perf_counter()
@@ -81,6 +86,8 @@ def run_spark(spark, df, mode, xte, yte, epochs, target):
     clock = Clock(xte, yte, target)
     master = ParameterAveraging(num_workers=WORKERS, batch_size_per_worker=BATCH, averaging_frequency=FREQ,
                                 mode=mode.split("-")[0], seed=0, shared_memory=mode != "barrier-tcp")
+    for pid in python_workers():   # a reused Python worker's peak would be an earlier fit's
+        reset_peak(pid)
     t0 = time.perf_counter()
     h = SparkTrainer(m, master).fit(df, epochs=epochs, callbacks=[clock], verbose=0)
     wall = time.perf_counter() - t0
@@ -89,7 +96,70 @@ def run_spark(spark, df, mode, xte, yte, epochs, target):
     return {"epoch_s": clock.epochs[0][0], "fit_wall_s": wall, "epochs": clock.epochs,
             "time_to_target_s": clock.time_to_target(), "rounds_per_epoch": len(first),
             "round_ms": 1000 * s["round_s_mean"], "overhead_ms": s["overhead_ms_mean"],
-            "overhead_fraction": s["overhead_fraction"], "fit_fraction": s["fit_fraction"]}
+            "overhead_fraction": s["overhead_fraction"], "fit_fraction": s["fit_fraction"],
+            "memory": worker_memory(clock, h.stats.config.get("rows"), m),
+            "status_mb": {w: {f: (status(pid, f) or 0) / 2 ** 20 for f in ("VmRSS", "RssAnon", "RssFile")}
+                          for w, pid in clock.workers.items()}}   # after the fit: private and file-backed parts
+
+
+def status(pid, field):
+    """A /proc/<pid>/status field in bytes; None where the process or the field is missing."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def parent(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def python_workers():
+    """The Python workers on this host: the processes a pyspark daemon forked."""
+    daemons = set()
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                if b"pyspark.daemon" in f.read():
+                    daemons.add(int(d))
+        except (OSError, ValueError):
+            continue
+    return [pid for pid in daemons if parent(pid) in daemons]
+
+
+def reset_peak(pid):
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:   # 5: the peak RSS (VmHWM) starts again from now
+            f.write("5")
+    except OSError:
+        pass
+
+
+def worker_memory(clock, rows, model):
+    """Per worker (issue 17): its peak resident memory (VmHWM) while it trained (from on_train_begin: partition
+    loaded, model built) and before (the fit's one Spark pass over the data, which ran in the same Python workers,
+    and the load), over what its process held when the pyspark daemon forked it (the daemon's VmRSS), against its
+    partition's bytes (float32 features, float64 labels) plus the model's buffers (params, grads, layer state,
+    optimizer state)."""
+    state = 4 * (2 * model.params.size + model.state.size + model.optimizer.state_buffer.size)
+    out = {}
+    for w, pid in sorted(clock.workers.items()):
+        peak, base = status(pid, "VmHWM"), status(parent(pid), "VmRSS") if pid else None
+        if peak is None or base is None:
+            continue
+        n = (rows or 0) // len(clock.workers)   # the partitions are of equal size here (60,000 rows, 2 workers)
+        data = n * (784 * 4 + 8)
+        before = clock.loaded.get(w) or 0
+        out[w] = {"peak_mb": peak / 2 ** 20, "before_mb": before / 2 ** 20, "base_mb": base / 2 ** 20,
+                  "partition_mb": data / 2 ** 20, "model_mb": state / 2 ** 20,
+                  "ratio": (peak - base - state) / data if data else None,
+                  "ratio_before": (before - base) / data if data else None}
+    return out
 
 
 def torch_train(x, y, xte, yte, epochs, target, batch, lr):
@@ -188,6 +258,16 @@ def main(argv=None):
         for k, r in results.items():
             if r.get("epoch_s"):
                 print(f"epoch time {k} / local: {r['epoch_s'] / base:.2f}")
+    for k, r in results.items():
+        for w, m in (r.get("memory") or {}).items():
+            if m["ratio"] is not None:
+                print(f"{k} worker {w}: peak while training {m['peak_mb']:.0f} MB, before (Spark pass, load) "
+                      f"{m['before_mb']:.0f} MB, {m['base_mb']:.0f} MB at its fork; partition {m['partition_mb']:.0f} "
+                      f"MB, model and optimizer {m['model_mb']:.1f} MB: (training peak - fork - model) / partition = "
+                      f"{m['ratio']:.2f}; (earlier peak - fork) / partition = {m['ratio_before']:.2f}")
+                st = r["status_mb"].get(w, {})
+                print(f"{k} worker {w} after the fit: {st.get('RssAnon', 0):.0f} MB private (RssAnon), "
+                      f"{st.get('RssFile', 0):.0f} MB file-backed (RssFile: libraries, the memory-mapped partition)")
     tt = {k: r.get("time_to_target_s") for k, r in results.items()}
     if tt.get("torch") and tt.get("barrier"):
         print(f"time to 97%: barrier / TorchDistributor = {tt['barrier'] / tt['torch']:.2f}")

@@ -28,6 +28,8 @@ from sparkdl import datasets, optim  # noqa: E402
 from sparkdl.nn import Dense, Sequential  # noqa: E402
 from sparkdl.train import Callback  # noqa: E402
 
+from memory import status  # noqa: E402  (bench/memory.py, beside this file)
+
 BATCH, FREQ, WORKERS, LR, TARGET = 64, 5, 2, 1e-3, 0.97
 
 
@@ -100,18 +102,6 @@ def run_spark(spark, df, mode, xte, yte, epochs, target):
             "memory": worker_memory(clock, h.stats.config.get("rows"), m),
             "status_mb": {w: {f: (status(pid, f) or 0) / 2 ** 20 for f in ("VmRSS", "RssAnon", "RssFile")}
                           for w, pid in clock.workers.items()}}   # after the fit: private and file-backed parts
-
-
-def status(pid, field):
-    """A /proc/<pid>/status field in bytes; None where the process or the field is missing."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def parent(pid):

@@ -30,7 +30,9 @@ def read_shard(path, input_shape, xp=np):
     local = fs.local_path(path)
     source = pa.memory_map(local) if local else fs.open_input(path)
     table = pa.ipc.open_file(source).read_all()
-    xs = table.column("x").combine_chunks()
+    xs = table.column("x")
+    # one chunk (write_shard writes one batch): its memory map as it is; combine_chunks copies even one chunk
+    xs = xs.chunk(0) if xs.num_chunks == 1 else xs.combine_chunks()
     d = xs.type.list_size
     x = xs.flatten().to_numpy(zero_copy_only=False).reshape((len(xs),) + tuple(input_shape))
     assert x.shape[1:] and int(np.prod(x.shape[1:])) == d

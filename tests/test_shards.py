@@ -38,3 +38,25 @@ def test_reading_a_shard_does_not_copy_its_features(tmp_path):
     assert float(got[-1].sum()) == 1024.0   # its pages are read (file-backed, not private)
     grew = _private_mb() - before
     assert grew < 16, f"reading a 64 MB shard added {grew:.0f} MB of private memory"
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_staged_rows_come_back_as_held_ones(tmp_path, ordered):
+    """Spiller(stage=dir): the incoming features wait in an unnamed file in dir, and finish gives what it gives
+    without staging, in ORDER where there is one; nothing is left in dir."""
+    from sparkdl.dist.spill import Spiller
+    rng = np.random.default_rng(1)
+    parts = [(rng.random((n, 5), dtype=np.float32), rng.random(n)) for n in (7, 1, 12)]
+    order = rng.permutation(20) if ordered else None
+    got = []
+    for stage in (None, str(tmp_path)):
+        s = Spiller(5, np.float64, None, 4, None, stage)
+        for x, y in parts:
+            s.add(x, y)
+        got.append(s.finish((5,), order))
+    (x0, y0), (x1, y1) = got
+    np.testing.assert_array_equal(x1, x0)
+    np.testing.assert_array_equal(y1, y0)
+    want = np.concatenate([x for x, _ in parts])
+    np.testing.assert_array_equal(x0, want if order is None else want[order])
+    assert list(tmp_path.iterdir()) == []

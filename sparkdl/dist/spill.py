@@ -17,14 +17,19 @@ import pyarrow as pa
 class Spiller:
     """Feed a partition's rows with ``add(x, y)``; ``finish()`` gives (x, y): numpy arrays when they stayed within
     ``budget`` bytes, else the two columns of a MinibatchFile. Past the budget rows are written as they come, in
-    minibatches sliced from the incoming arrays (only a minibatch that spans two of them is copied)."""
+    minibatches sliced from the incoming arrays (only a minibatch that spans two of them is copied).
 
-    def __init__(self, n_features, label_dtype, budget, batch_size, directory):
+    With ``stage`` (a local directory), the features of the rows that stay in memory wait in an unnamed file there,
+    not in memory, until ``finish`` reads them back into the one array it returns: the partition is then held once,
+    not twice (the incoming arrays beside the result: a 90 MB MNIST partition took 285 MB of a worker)."""
+
+    def __init__(self, n_features, label_dtype, budget, batch_size, directory, stage=None):
         self.n_features, self.label_dtype = n_features, np.dtype(label_dtype)
         self.budget = float("inf") if budget is None else budget
         self.batch_size, self.directory = batch_size, directory
         self.held, self.bytes = [], 0
         self.writer = self.path = self.carry = None
+        self.stage, self.staged = stage, None
 
     def add(self, x, y):
         x = np.asarray(x, np.float32).reshape(-1, self.n_features)
@@ -32,8 +37,15 @@ class Spiller:
         if self.writer is not None:
             self._stream(x, y)
             return
+        if self.stage is not None and self.budget == float("inf"):
+            if self.staged is None:
+                import tempfile
+                self.staged = tempfile.TemporaryFile(dir=self.stage)   # gone once closed, or the process ends
+            self.staged.write(np.ascontiguousarray(x).data)
+            # read back in finish; y copied: a view would keep the whole incoming Arrow message alive
+            x, y = None, y.copy()
         self.held.append((x, y))
-        self.bytes += x.nbytes + y.nbytes
+        self.bytes += (0 if x is None else x.nbytes) + y.nbytes
         if self.bytes > self.budget:
             os.makedirs(self.directory, exist_ok=True)
             self.path = os.path.join(self.directory, f"sparkdl-partition-{uuid.uuid4().hex}.arrow")
@@ -77,8 +89,12 @@ class Spiller:
             at = 0
             for hx, hy in held:   # straight into place: no concatenated copy beside the result
                 rows = slice(at, at + len(hy)) if where is None else where[at:at + len(hy)]
-                x[rows], y[rows] = hx, hy
+                if hx is not None:
+                    x[rows] = hx
+                y[rows] = hy
                 at += len(hy)
+            if self.staged is not None:
+                self._unstage(x, where)
             return x.reshape((-1,) + tuple(input_shape)), y
         if self.carry is not None:   # the last, shorter minibatch
             self._write(*self.carry)
@@ -89,6 +105,38 @@ class Spiller:
             self._rewrite(order)
         spilled = MinibatchFile(self.path, input_shape, self.batch_size)
         return spilled.x, spilled.y
+
+    def _unstage(self, x, where, block_bytes=1 << 20):
+        """The staged rows into ``x`` (row k to ``where[k]``), read in place or through one small buffer: a buffer
+        as large as an incoming array would stay with the allocator after the pass (glibc keeps freed blocks of
+        up to 32 MB)."""
+        f, self.staged = self.staged, None
+
+        def read(into):
+            if f.readinto(memoryview(into).cast("B")) != into.nbytes:
+                raise OSError(f"the staged rows of this partition came back short ({f.name})")
+        f.seek(0)
+        with f:
+            if where is None:
+                read(x)
+            else:
+                step = max(block_bytes // (4 * self.n_features), 1)
+                buf = np.empty((step, self.n_features), np.float32)
+                for at in range(0, len(x), step):
+                    part = buf[:min(step, len(x) - at)]
+                    read(part)
+                    x[where[at:at + len(part)]] = part
+
+
+def trim_heap():
+    """Give the C heap's free memory back to the OS (glibc's malloc_trim; nothing elsewhere). After the one Spark
+    pass over a partition (converted, checked, written) about 40 MB of freed blocks stayed there, which the worker
+    then carried through the fit (a 90 MB MNIST partition: 125 -> 86 MB private)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
     def _rewrite(self, order, rows_at_once=1 << 16):
         """The spilled file again, its rows in ``order``: gathered from the memory map a slice at a time."""
@@ -103,6 +151,15 @@ class Spiller:
         del source
         os.unlink(self.path)
         self.path = path
+
+
+def local_dir():
+    """Where a task may spill: the executor's local directories (Spark's, else YARN's), else the temp dir."""
+    import tempfile
+    for name in ("SPARK_LOCAL_DIRS", "LOCAL_DIRS"):
+        if os.environ.get(name):
+            return os.environ[name].split(",")[0]
+    return tempfile.gettempdir()
 
 
 def _inverse(order):

@@ -95,15 +95,6 @@ def _mib(text):
     return int(float(text) * MIB)
 
 
-def local_dir():
-    """Where a task may spill: the executor's local directories (Spark's, else YARN's), else the temp dir."""
-    import tempfile
-    for name in ("SPARK_LOCAL_DIRS", "LOCAL_DIRS"):
-        if os.environ.get(name):
-            return os.environ[name].split(",")[0]
-    return tempfile.gettempdir()
-
-
 class TaskContext:
     """sparkdl.dist.barrier's worker context for one barrier task."""
 
@@ -156,7 +147,8 @@ def _task(spec, input_shape, n_features, label_dtype, local, paths=None):
         from pyspark import BarrierTaskContext
 
         from sparkdl.dist.barrier import worker_main
-        from sparkdl.spark.barrier import TaskContext, local_dir
+        from sparkdl.dist.spill import local_dir
+        from sparkdl.spark.barrier import TaskContext
         from sparkdl.spark.data import partition_to_numpy
         from sparkdl.spark.gpu import task_backend
 

@@ -246,17 +246,18 @@ def task_errors():
 
 
 def partition_to_numpy(batches, n_features, label_dtype, input_shape=None, budget=None, batch_size=1, directory=None,
-                       found=None):
+                       found=None, stage=None):
     """(x float32 (rows, *input_shape), y of ``label_dtype``) for a whole partition of prepared Arrow batches, in
     the order of their ORDER column where they have one: in memory, or past ``budget`` bytes a memory-mapped file
-    in ``directory`` (sparkdl.dist.spill). ``found``: see ``batch_to_numpy``."""
+    in ``directory`` (sparkdl.dist.spill). ``found``: see ``batch_to_numpy``; ``stage``: see ``Spiller``."""
     from ..dist.spill import Spiller
-    spiller = Spiller(n_features, label_dtype, budget, batch_size, directory)
+    spiller = Spiller(n_features, label_dtype, budget, batch_size, directory, stage)
     keys = []
     for b in batches:
         spiller.add(*batch_to_numpy(b, n_features, found=found))
         if ORDER in b.schema.names:
-            keys.append(b.column(b.schema.get_field_index(ORDER)).to_numpy())
+            # a copy: a view would keep the batch's whole Arrow message (its features too) alive
+            keys.append(b.column(b.schema.get_field_index(ORDER)).to_numpy().copy())
     order = np.argsort(np.concatenate(keys), kind="stable") if keys else None
     return spiller.finish(input_shape or (n_features,), order)
 

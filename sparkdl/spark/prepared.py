@@ -23,6 +23,7 @@ import logging
 import numpy as np
 import pyarrow as pa
 
+from ..dist.spill import local_dir, trim_heap
 from ..errors import BadValues, DataError
 from . import data
 from .blocks import packed
@@ -178,8 +179,8 @@ def checked_partition(batches, n_features, kind, num_classes):
     says its rows, the first problem found with them and the null, NaN or infinite values found (``Entry.check``
     reads it); x and y are None where something is wrong."""
     found, problem, x, y = {}, None, None, None
-    try:
-        x, y = data.partition_to_numpy(batches, n_features, np.float64, found=found)
+    try:   # the incoming rows wait on local disk until they are put in order: the partition is held once
+        x, y = data.partition_to_numpy(batches, n_features, np.float64, found=found, stage=local_dir())
     except DataError as e:
         problem = str(e)
         for _ in batches:   # the rest of the partition, unread
@@ -199,6 +200,8 @@ def pack_partition(batches, n_features, kind, num_classes, per_block):
     if x is not None:
         for a in range(0, len(x), per_block):
             yield _record(packed(x[a:a + per_block]), packed(y[a:a + per_block]), None)
+    del x, y
+    trim_heap()
     empty = pa.array([b""], pa.binary())
     yield _record(empty, empty, json.dumps(meta))
 

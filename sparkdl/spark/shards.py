@@ -59,12 +59,15 @@ def export(entry, export_dir, label_dtype):
     n_features, kind, classes = (entry.checks[k] for k in ("n_features", "loss_kind", "num_classes"))
 
     def write(batches):
+        from sparkdl.dist.spill import trim_heap
         from sparkdl.spark.prepared import checked_partition
         x, y, meta = checked_partition(batches, n_features, kind, classes)
         pid = TaskContext.get().partitionId()
         path = fs.join(export_dir, f"shard-{pid:05d}.arrow")
         if x is not None:
             write_shard(path, x, y.astype(label_dtype))
+        del x, y
+        trim_heap()   # the Python worker goes on to train (barrier mode on a local master), or to the next task
         yield pa.record_batch([pa.array([pid], pa.int32()), pa.array([path]), pa.array([json.dumps(meta)])],
                               names=["partition", "path", "meta"])
 

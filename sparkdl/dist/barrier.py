@@ -19,10 +19,11 @@ sends the driver one row per round: the driver's bytes per round depend neither 
 number of workers.
 
 The driver needs the model only at some rounds (the last, those callbacks read it at, epoch ends where there
-is validation or a callback wants it, a few for the stats' layer samples: ``FitRun.needs_model``), listed in advance; there every leader sends it its summed range (the model once in all), every worker its
-timing records, and the driver answers with a verdict (go on, or stop: then the model is that round's
-average). Workers wait for the verdict only one round later, so the driver's epoch-end work (validation,
-callbacks) overlaps the next round.
+is validation or a callback wants it, a few for the stats' layer samples: ``FitRun.needs_model``), listed in
+advance; there every leader sends it its summed range (the model once in all), every worker its timing records,
+and the driver answers with a verdict (go on, or stop: then the model is that round's average). Workers wait for
+the verdict only some rounds later, so the driver's epoch-end work (validation, callbacks) overlaps the next
+rounds.
 
 Faults. A lost worker fails its barrier task (its peers fail fast, see sparkdl.dist.mesh); Spark retries the
 whole stage and the new workers start from the model the driver holds (the last round it fetched), so a

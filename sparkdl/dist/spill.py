@@ -128,16 +128,6 @@ class Spiller:
                     x[where[at:at + len(part)]] = part
 
 
-def trim_heap():
-    """Give the C heap's free memory back to the OS (glibc's malloc_trim; nothing elsewhere). After the one Spark
-    pass over a partition (converted, checked, written) about 40 MB of freed blocks stayed there, which the worker
-    then carried through the fit (a 90 MB MNIST partition: 125 -> 86 MB private)."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
     def _rewrite(self, order, rows_at_once=1 << 16):
         """The spilled file again, its rows in ``order``: gathered from the memory map a slice at a time."""
         source = pa.ipc.open_file(pa.memory_map(self.path)).read_all()
@@ -151,6 +141,17 @@ def trim_heap():
         del source
         os.unlink(self.path)
         self.path = path
+
+
+def trim_heap():
+    """Give the C heap's free memory back to the OS (glibc's malloc_trim; nothing elsewhere). After the one Spark
+    pass over a partition (converted, checked, written) about 40 MB of freed blocks stayed there, which the worker
+    then carried through the fit (a 90 MB MNIST partition: 125 -> 86 MB private)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def local_dir():

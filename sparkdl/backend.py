@@ -118,6 +118,12 @@ def blas_threads(n):
     return None if controller is None else controller.limit(limits=int(n), user_api="blas")
 
 
+def one_blas_thread():
+    """A context manager that holds BLAS to one thread (a no-op without threadpoolctl)."""
+    import contextlib
+    return blas_threads(1) or contextlib.nullcontext()
+
+
 def usable_cpus():
     """The CPUs this process may run on (its affinity), and no more than BLAS may use now (a Spark worker holds
     BLAS to its share of the host: sparkdl.dist.host)."""

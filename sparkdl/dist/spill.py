@@ -127,7 +127,6 @@ class Spiller:
                     read(part)
                     x[where[at:at + len(part)]] = part
 
-
     def _rewrite(self, order, rows_at_once=1 << 16):
         """The spilled file again, its rows in ``order``: gathered from the memory map a slice at a time."""
         source = pa.ipc.open_file(pa.memory_map(self.path)).read_all()

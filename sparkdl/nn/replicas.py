@@ -2,12 +2,11 @@
 forward and backward passes run in parallel threads on replicas of the model that share its ``params``, each
 with one BLAS thread; their gradients add up to the gradient of the whole batch's mean loss, and one optimizer
 step follows. ``ThreadedSteps`` is that part of sparkdl.nn.model.Model."""
-import contextlib
 import threading
 
 import numpy as np
 
-from ..backend import blas_threads, make_rng, usable_cpus
+from ..backend import make_rng, one_blas_thread, usable_cpus
 
 
 def _take(x, start, stop):
@@ -15,11 +14,6 @@ def _take(x, start, stop):
     if isinstance(x, dict):
         return {k: v[start:stop] for k, v in x.items()}
     return x[start:stop]
-
-
-def _one_blas_thread():
-    """A context manager that holds BLAS to one thread (a no-op without threadpoolctl)."""
-    return blas_threads(1) or contextlib.nullcontext()
 
 
 class PartSync:
@@ -129,7 +123,7 @@ class ThreadedSteps:
         for k, (m, _, _) in enumerate(jobs):
             for layer in _synced_layers(m):
                 layer.part_sync = (sync, k)
-        with _one_blas_thread():
+        with one_blas_thread():
             futures = [self._pool.submit(m._synced_part_step, sync, _take(x, a, b), y[a:b], (b - a) / n)
                        for m, a, b in jobs[1:]]
             results, errors = [], []

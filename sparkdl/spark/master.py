@@ -4,7 +4,7 @@ and which master runs it (``mode``): sparkdl.dist.jobs (one Spark job per averag
 import contextlib
 import logging
 
-from ..backend import blas_threads
+from ..backend import one_blas_thread
 from ..dist import modes as masters
 from ..dist.options import REPARTITION, Options  # noqa: F401  (REPARTITION: part of this module's API)
 
@@ -65,7 +65,7 @@ class ParameterAveraging(Options):
         # on a local master the workers have the driver's CPUs: there its BLAS keeps to one thread, as OpenBLAS's
         # idle threads spin after every call (make run: a spinning thread of the driver took 55% of a core from two
         # workers on two cores, and the workers fitted 57% of their time)
-        with (blas_threads(1) if launcher.local else None) or contextlib.nullcontext():
+        with one_blas_thread() if launcher.local else contextlib.nullcontext():
             return masters.get(mode).fit(self, run, launcher)
 
 

@@ -82,24 +82,41 @@ def run_local(x, y, xte, yte, epochs, target):
     return {"epoch_s": clock.epochs[0][0], "epochs": clock.epochs, "time_to_target_s": clock.time_to_target()}
 
 
-def run_spark(spark, df, mode, xte, yte, epochs, target):
+def fit_spark(df, mode, clock, epochs):
     from sparkdl.spark import ParameterAveraging, SparkTrainer
     m = mlp()
-    clock = Clock(xte, yte, target)
     master = ParameterAveraging(num_workers=WORKERS, batch_size_per_worker=BATCH, averaging_frequency=FREQ,
                                 mode=mode.split("-")[0], seed=0, shared_memory=mode != "barrier-tcp")
     for pid in python_workers():   # a reused Python worker's peak would be an earlier fit's
         reset_peak(pid)
     t0 = time.perf_counter()
     h = SparkTrainer(m, master).fit(df, epochs=epochs, callbacks=[clock], verbose=0)
-    wall = time.perf_counter() - t0
+    return m, h, time.perf_counter() - t0
+
+
+def empty_worker_peaks(spark, df, mode):
+    """Each worker's peak (VmHWM, MB) in the same fit of a tiny slice of the data (5 minibatches a worker): what a
+    worker holds whatever its partition (the interpreter, pyarrow, numpy, sparkdl, the model, the averaging
+    buffers), so that the data's share of the real fit's peak can be told apart from it."""
+    tiny = spark.createDataFrame(df.limit(WORKERS * BATCH * FREQ).toPandas()).cache()
+    clock = Clock(None, None, None)
+    clock.on_epoch_end = lambda epoch, logs=None: None
+    fit_spark(tiny, mode, clock, 1)
+    tiny.unpersist()
+    return {w: max(status(pid, "VmHWM") or 0, clock.loaded.get(w) or 0) / 2 ** 20 for w, pid in clock.workers.items()}
+
+
+def run_spark(spark, df, mode, xte, yte, epochs, target):
+    empty = empty_worker_peaks(spark, df, mode) if mode.startswith("barrier") else {}
+    clock = Clock(xte, yte, target)
+    m, h, wall = fit_spark(df, mode, clock, epochs)
     s = h.stats.summary()
     first = [r for r in h.stats.rounds if r["epoch"] == 0]
     return {"epoch_s": clock.epochs[0][0], "fit_wall_s": wall, "epochs": clock.epochs,
             "time_to_target_s": clock.time_to_target(), "rounds_per_epoch": len(first),
             "round_ms": 1000 * s["round_s_mean"], "overhead_ms": s["overhead_ms_mean"],
             "overhead_fraction": s["overhead_fraction"], "fit_fraction": s["fit_fraction"],
-            "memory": worker_memory(clock, h.stats.config.get("rows"), m),
+            "memory": worker_memory(clock, h.stats.config.get("rows"), m, empty),
             "status_mb": {w: {f: (status(pid, f) or 0) / 2 ** 20 for f in ("VmRSS", "RssAnon", "RssFile")}
                           for w, pid in clock.workers.items()}}   # after the fit: private and file-backed parts
 
@@ -130,12 +147,13 @@ def reset_peak(pid):
         pass
 
 
-def worker_memory(clock, rows, model):
+def worker_memory(clock, rows, model, empty):
     """Per worker (issue 17): its peak resident memory (VmHWM) while it trained (from on_train_begin: partition
     loaded, model built) and before (the fit's one Spark pass over the data, which ran in the same Python workers,
     and the load), over what its process held when the pyspark daemon forked it (the daemon's VmRSS), against its
     partition's bytes (float32 features, float64 labels) plus the model's buffers (params, grads, layer state,
-    optimizer state)."""
+    optimizer state); and the fit's peak over ``empty``'s (the same worker's peak in a fit of a tiny slice), against
+    the partition's bytes: what the data itself costs."""
     state = 4 * (2 * model.params.size + model.state.size + model.optimizer.state_buffer.size)
     out = {}
     for w, pid in sorted(clock.workers.items()):
@@ -148,7 +166,10 @@ def worker_memory(clock, rows, model):
         out[w] = {"peak_mb": peak / 2 ** 20, "before_mb": before / 2 ** 20, "base_mb": base / 2 ** 20,
                   "partition_mb": data / 2 ** 20, "model_mb": state / 2 ** 20,
                   "ratio": (peak - base - state) / data if data else None,
-                  "ratio_before": (before - base) / data if data else None}
+                  "ratio_before": (before - base) / data if data else None,
+                  "empty_mb": empty.get(w),
+                  "ratio_data": (max(peak, before) / 2 ** 20 - empty[w]) / (data / 2 ** 20)
+                  if data and empty.get(w) else None}
     return out
 
 
@@ -255,6 +276,9 @@ def main(argv=None):
                       f"{m['before_mb']:.0f} MB, {m['base_mb']:.0f} MB at its fork; partition {m['partition_mb']:.0f} "
                       f"MB, model and optimizer {m['model_mb']:.1f} MB: (training peak - fork - model) / partition = "
                       f"{m['ratio']:.2f}; (earlier peak - fork) / partition = {m['ratio_before']:.2f}")
+                if m.get("ratio_data") is not None:
+                    print(f"{k} worker {w}: the same worker's peak in a fit of {WORKERS * BATCH * FREQ} rows "
+                          f"{m['empty_mb']:.0f} MB: (fit's peak - that) / partition = {m['ratio_data']:.2f}")
                 st = r["status_mb"].get(w, {})
                 print(f"{k} worker {w} after the fit: {st.get('RssAnon', 0):.0f} MB private (RssAnon), "
                       f"{st.get('RssFile', 0):.0f} MB file-backed (RssFile: libraries, the memory-mapped partition)")

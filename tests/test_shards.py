@@ -60,3 +60,39 @@ def test_staged_rows_come_back_as_held_ones(tmp_path, ordered):
     want = np.concatenate([x for x, _ in parts])
     np.testing.assert_array_equal(x0, want if order is None else want[order])
     assert list(tmp_path.iterdir()) == []
+
+
+def _reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")   # VmHWM starts again from the current VmRSS
+
+
+def _status_mb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_a_staged_partition_peaks_at_one_copy_and_one_incoming_batch(tmp_path):
+    """The one Spark pass over a partition (``partition_to_numpy`` with ``stage``): 64 MB arriving in four 16 MB
+    Arrow batches, put in ORDER. The process's peak grows by the result and about one batch; the last batch (kept
+    by the loop's variable) and the freed ones (kept by the C heap) beside the result made it 64 + 40 MB."""
+    import pyarrow as pa
+
+    from sparkdl.spark.data import ORDER, X, Y, float_lists, partition_to_numpy
+    rows, d = 1 << 12, 1024
+    order = np.random.default_rng(2).permutation(4 * rows)
+
+    def batches():
+        for k in range(4):
+            x = np.full((rows, d), k, np.float32)
+            yield pa.record_batch([float_lists(x), pa.array(np.full(rows, float(k))),
+                                   pa.array(order[k * rows:(k + 1) * rows])], names=[X, Y, ORDER])
+    partition_to_numpy(batches(), d, np.float64, stage=str(tmp_path))   # imports and first-use allocations
+    _reset_peak()
+    before = _status_mb("VmRSS")
+    x, y = partition_to_numpy(batches(), d, np.float64, stage=str(tmp_path))
+    grew = _status_mb("VmHWM") - before
+    assert x.shape == (4 * rows, d) and np.array_equal(x[:, 0], y)   # each row where its ORDER key puts it
+    assert np.array_equal(y, np.repeat(np.arange(4.0), rows)[np.argsort(order)])
+    assert grew < 64 + 16 + 12, f"the pass over a 64 MB partition peaked {grew:.0f} MB above its start"

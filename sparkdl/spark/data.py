@@ -258,6 +258,7 @@ def partition_to_numpy(batches, n_features, label_dtype, input_shape=None, budge
         if ORDER in b.schema.names:
             # a copy: a view would keep the batch's whole Arrow message (its features too) alive
             keys.append(b.column(b.schema.get_field_index(ORDER)).to_numpy().copy())
+    b = None   # the last incoming batch, a whole Arrow message: not kept beside the array finish allocates
     order = np.argsort(np.concatenate(keys), kind="stable") if keys else None
     return spiller.finish(input_shape or (n_features,), order)
 

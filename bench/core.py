@@ -31,6 +31,9 @@ import os
 import sys
 
 
+INPUT_SHAPES = {"mlp": (784,), "cnn": (28, 28, 1), "cnn_bn": (28, 28, 1)}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -45,7 +48,7 @@ def parse_args(argv=None):
                         "have stopped spinning on the cores")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of the throughput runs")
-    p.add_argument("--models", default="mlp,cnn", help="comma-separated subset of mlp,cnn")
+    p.add_argument("--models", default="mlp,cnn,cnn_bn", help="comma-separated subset of mlp,cnn,cnn_bn")
     p.add_argument("--threads", type=int, default=2, help="BLAS / OpenMP / torch intra-op threads")
     p.add_argument("--frameworks", default="sparkdl,torch", help="comma-separated subset of sparkdl,torch")
     p.add_argument("--sparkdl-threads", default="auto",
@@ -63,9 +66,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    bad = sorted(set(args.models) - {"mlp", "cnn"})
+    bad = sorted(set(args.models) - set(INPUT_SHAPES))
     if bad or not args.models:
-        p.error(f"--models takes mlp and/or cnn; received {args.models}")
+        p.error(f"--models takes some of {', '.join(INPUT_SHAPES)}; received {args.models}")
     args.frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     bad = sorted(set(args.frameworks) - {"sparkdl", "torch"})
     if bad or not args.frameworks:
@@ -118,7 +121,6 @@ try:
 except ImportError:
     threadpoolctl = None
 
-INPUT_SHAPES = {"mlp": (784,), "cnn": (28, 28, 1)}
 CLEAN_UTIL = 0.9      # a segment is clean when it used >= 90% of the cores it asked for
 MIN_CLEAN = 3         # fewer clean rounds than this: report over all rounds, with a warning
 INITIAL_WARMUP = 20   # steps per framework before the first round (thread pools, allocator, page faults)
@@ -135,9 +137,14 @@ def sparkdl_model(kind, seed, lr, momentum=0.0, threads="auto"):
             from sparkdl.nn.pooling import MaxPooling2D
         except ImportError as e:
             return None, f"Conv2D/MaxPooling2D not importable ({e})"
-        layers = [Conv2D(6, 5, activation="relu"), MaxPooling2D(2), Conv2D(16, 5, activation="relu"),
-                  MaxPooling2D(2), Flatten(), Dense(120, activation="relu"), Dense(84, activation="relu"),
-                  Dense(10)]
+        if kind == "cnn":
+            features = [Conv2D(6, 5, activation="relu"), MaxPooling2D(2), Conv2D(16, 5, activation="relu"),
+                        MaxPooling2D(2)]
+        else:   # cnn_bn: each convolution (no bias) normalised over the batch before its relu
+            from sparkdl.nn import BatchNormalization, ReLU
+            features = [Conv2D(6, 5, use_bias=False), BatchNormalization(), ReLU(), MaxPooling2D(2),
+                        Conv2D(16, 5, use_bias=False), BatchNormalization(), ReLU(), MaxPooling2D(2)]
+        layers = features + [Flatten(), Dense(120, activation="relu"), Dense(84, activation="relu"), Dense(10)]
     model = Sequential(layers, input_shape=INPUT_SHAPES[kind], seed=seed)
     model.compile(optim.SGD(learning_rate=lr, momentum=momentum), "sparse_categorical_crossentropy", ["accuracy"],
                   threads=threads)
@@ -149,8 +156,12 @@ def torch_model(kind, seed):
     nn = torch.nn
     if kind == "mlp":
         return nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
-    return nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
-                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 4 * 4, 120), nn.ReLU(), nn.Linear(120, 84),
+    if kind == "cnn":
+        features = [nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2)]
+    else:
+        features = [nn.Conv2d(1, 6, 5, bias=False), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+                    nn.Conv2d(6, 16, 5, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2)]
+    return nn.Sequential(*features, nn.Flatten(), nn.Linear(16 * 4 * 4, 120), nn.ReLU(), nn.Linear(120, 84),
                          nn.ReLU(), nn.Linear(84, 10))
 
 
@@ -172,7 +183,7 @@ def torch_batches(kind, batches):
     out = []
     for xb, yb in batches:
         xt = torch.from_numpy(xb)
-        if kind == "cnn":
+        if kind != "mlp":
             xt = xt.reshape(xb.shape[0], 1, 28, 28)
         out.append((xt, torch.from_numpy(yb)))
     return out
@@ -371,24 +382,24 @@ def print_table(rows, args):
     print("-" * len(head))
     for kind, res in rows:
         if "skipped" in res:
-            print(f"{kind:<5} {res['skipped']}")
+            print(f"{kind:<6} {res['skipped']}")
             continue
         s, t = res.get("sparkdl"), res.get("torch")
         col = lambda d: f"{d['median']:,} ({d['best']:,})" if d else "-"
         tcol = "torch not installed" if torch is None and "torch" in args.frameworks else col(t)
         cores = "/".join(f"{statistics.median(d['cpu_util']):.1f}" if d else "-" for d in (s, t))
         fit = f"{res['sparkdl_fit']['samples_per_s']:,}" if "sparkdl_fit" in res else "-"
-        print(f"{kind:<5} {col(s):>18} {tcol:>18} {res.get('ratio', '-'):>13} "
+        print(f"{kind:<6} {col(s):>18} {tcol:>18} {res.get('ratio', '-'):>13} "
               f"{res['clean_rounds']:>5}/{res['rounds']:<6} {cores:>9} {fit:>11}")
     for kind, res in rows:
         for name in res:
             if name.startswith("sparkdl_t") and isinstance(res[name], dict) and "median" in res[name]:
                 d = res[name]
-                print(f"{kind:<5} {name}: {d['median']:,} ({d['best']:,}) samples/s, sparkdl_t/torch per round "
+                print(f"{kind:<6} {name}: {d['median']:,} ({d['best']:,}) samples/s, sparkdl_t/torch per round "
                       f"{res.get('ratio' + name[len('sparkdl'):], '-')}, cores {statistics.median(d['cpu_util']):.1f}")
     for kind, res in rows:
         if res.get("sparkdl_parts"):
-            print(f"{kind:<5} parts per step (compile(threads=...)): " + ", ".join(
+            print(f"{kind:<6} parts per step (compile(threads=...)): " + ", ".join(
                 f"{n} {t}: {res['sparkdl_parts'][n]}" for n, t in zip(res["sparkdl_parts"], ARGS.sparkdl_threads)))
     for kind, res in rows:
         if res.get("stats_over") == "all":

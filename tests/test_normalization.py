@@ -113,3 +113,28 @@ def test_build_errors_name_the_shape():
         Sequential([LayerNormalization(axis=-3)], input_shape=(4, 2)).build()
     with pytest.raises(ValueError, match="same axis twice"):
         Sequential([LayerNormalization(axis=[2, -1])], input_shape=(4, 2)).build()
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_channels_last_agrees_with_channels_first(training):
+    """The channels-last path (rows of the batch against tiled per-channel values) against the general one, on
+    the same numbers in NCHW: outputs, input gradient, gamma and beta gradients, running statistics."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(2.0, 3.0, (5, 4, 3, 6))
+    grad = rng.normal(size=x.shape)
+    got = []
+    for axis, xt, gt in ((-1, x, grad), (1, x.transpose(0, 3, 1, 2), grad.transpose(0, 3, 1, 2))):
+        layer = BatchNormalization(axis=axis, momentum=0.7)
+        _bn_model(layer, xt.shape[1:])
+        layer.params["gamma"][...] = rng.normal(size=6) if not got else got[0][4]
+        layer.params["beta"][...] = rng.normal(size=6) if not got else got[0][5]
+        layer.need_input_grad = True
+        y = layer.forward(xt, training=training)
+        dx = layer.backward(gt)
+        if axis == 1:
+            y, dx = y.transpose(0, 2, 3, 1), dx.transpose(0, 2, 3, 1)
+        got.append((y, dx, layer.grads["gamma"].copy(), layer.grads["beta"].copy(), layer.params["gamma"].copy(),
+                    layer.params["beta"].copy(), layer.state["moving_mean"].copy(),
+                    layer.state["moving_variance"].copy()))
+    for a, b in zip(*got):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

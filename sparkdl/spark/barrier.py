@@ -116,17 +116,22 @@ def run_barrier(launcher, spec, run):
         return _run_stage(launcher, run, frame, _task(spec, run.input_shape, run.n_features, run.label_dtype, False))
     from .jobs import exported
     with exported(launcher, run):
-        n = launcher.num_workers
-        _run_stage(launcher, run, launcher.session.range(n, numPartitions=n),
-                   _task(spec, run.input_shape, run.n_features, run.label_dtype, True, launcher.paths))
+        _run_stage(launcher, run, None, _task(spec, run.input_shape, run.n_features, run.label_dtype, True,
+                                              launcher.paths))
 
 
 def _run_stage(launcher, run, frame, task):
+    """The barrier stage: over ``frame``'s partitions, or (None) over one RDD element per worker, which needs no
+    Arrow and no SQL (the application's first Arrow job costs 1-3 s more than later ones)."""
     sc = launcher.sc
     sc.setJobGroup(launcher.group, f"sparkdl fit: {run.epochs} epochs in one barrier stage of {launcher.num_workers} "
                                    f"workers", True)
     try:
-        frame.mapInArrow(task, "worker int, rows long", barrier=True).repartition(1).collect()
+        if frame is None:
+            n = launcher.num_workers
+            sc.parallelize(range(n), n).barrier().mapPartitions(task).collect()
+        else:
+            frame.mapInArrow(task, "worker int, rows long", barrier=True).repartition(1).collect()
     except Exception as e:
         if "BarrierJobUnsupportedRDDChainException" not in str(e):
             raise

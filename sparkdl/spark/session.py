@@ -17,6 +17,8 @@ def local_session(master="local[2]", app_name="sparkdl", conf=None):
         "spark.python.worker.reuse": "true",
         "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
     }
+    if _daemon_importable():   # workers start from the installed pyspark, not from pyspark.zip: sparkdl_daemon
+        settings["spark.python.daemon.module"] = "sparkdl_daemon"
     settings.update(conf or {})
     builder = SparkSession.builder.master(master).appName(app_name)
     for k, v in settings.items():
@@ -24,3 +26,15 @@ def local_session(master="local[2]", app_name="sparkdl", conf=None):
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+def _daemon_importable():
+    """Whether the Python workers (this interpreter, in this directory and environment) find sparkdl_daemon."""
+    import subprocess
+    python = os.environ.get("PYSPARK_PYTHON", sys.executable)
+    try:
+        return subprocess.run([python, "-c", "import importlib.util as u, sys; "
+                                              "sys.exit(u.find_spec('sparkdl_daemon') is None)"],
+                              capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False

@@ -54,26 +54,64 @@ def new_export_dir(base):
 def export(entry, export_dir, label_dtype):
     """Write each partition of ``entry.laid_out`` (sparkdl.spark.prepared: columns X, Y) as one shard, checking
     it on the way (``Entry.check`` raises what is wrong, the directory then left empty); returns [(path, rows)] by
-    partition."""
+    partition. Where the DataFrame is a plain scan of local Parquet files on a local master, the tasks read the
+    files themselves (sparkdl.spark.direct)."""
     from pyspark import TaskContext
     n_features, kind, classes = (entry.checks[k] for k in ("n_features", "loss_kind", "num_classes"))
 
-    def write(batches):
+    def write(batches, pid):
         from sparkdl.dist.spill import trim_heap
         from sparkdl.spark.prepared import checked_partition
         x, y, meta = checked_partition(batches, n_features, kind, classes)
-        pid = TaskContext.get().partitionId()
         path = fs.join(export_dir, f"shard-{pid:05d}.arrow")
         if x is not None:
             write_shard(path, x, y.astype(label_dtype))
         del x, y
         trim_heap()   # the Python worker goes on to train (barrier mode on a local master), or to the next task
-        yield pa.record_batch([pa.array([pid], pa.int32()), pa.array([path]), pa.array([json.dumps(meta)])],
+        return pid, path, json.dumps(meta)
+
+    def write_partition(batches):
+        pid, path, meta = write(batches, TaskContext.get().partitionId())
+        yield pa.record_batch([pa.array([pid], pa.int32()), pa.array([path]), pa.array([meta])],
                               names=["partition", "path", "meta"])
 
     with task_errors():
-        out = sorted(entry.laid_out.mapInArrow(write, "partition int, path string, meta string").collect(),
-                     key=lambda r: r["partition"])
-    metas = [json.loads(r["meta"]) for r in out]
+        out = _direct(entry, write)
+        if out is None:
+            out = entry.laid_out.mapInArrow(write_partition, "partition int, path string, meta string").collect()
+    out = sorted(out, key=lambda r: r[0])
+    metas = [json.loads(r[2]) for r in out]
     entry.check(metas)
-    return [(r["path"], m["rows"]) for r, m in zip(out, metas)]
+    return [(r[1], m["rows"]) for r, m in zip(out, metas)]
+
+
+def _direct(entry, write):
+    """[(partition, path, meta)] from tasks that read the Parquet files behind ``entry.source`` themselves, or
+    None where they cannot (sparkdl.spark.direct)."""
+    from . import direct
+    from .data import ORDER
+    checks, df = entry.checks, entry.source
+    sc = df.sparkSession.sparkContext
+    if not sc.master.startswith("local") or ORDER not in entry.laid_out.columns \
+            or not direct.column_types_fit(df, checks["features_col"], checks["label_col"]):
+        return None   # not local, or partitions used as they are, or columns the tasks would not read as Spark does
+    files = direct.parquet_files(df)
+    if files is None:
+        return None
+    workers, x_col, y_col = entry.workers, checks["features_col"], checks["label_col"]
+
+    def task(index, _):
+        from sparkdl.spark.direct import Unreadable, read_rows
+        try:
+            yield write(read_rows(files, x_col, y_col, index, workers), index)
+        except Unreadable as e:
+            yield index, None, json.dumps({"unreadable": str(e)})
+
+    out = sc.parallelize(range(workers), workers).mapPartitionsWithIndex(task).collect()
+    unreadable = [json.loads(m)["unreadable"] for _, _, m in out if "unreadable" in json.loads(m)]
+    if unreadable:
+        direct.log.info("sparkdl: the Parquet files could not be read directly (%s): a Spark pass instead",
+                        unreadable[0])
+        return None
+    direct.log.info("sparkdl: %d Parquet file(s) read directly by the %d workers", len(files), workers)
+    return out

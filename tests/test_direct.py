@@ -1,0 +1,129 @@
+"""A fit's shards read by the tasks straight from the Parquet files of a plain scan (sparkdl.spark.direct): which
+DataFrames qualify, which rows each worker gets, and the same checks and errors as the Spark pass."""
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sparkdl import DataError, optim
+from sparkdl.nn import Dense, Sequential
+from sparkdl.spark import ParameterAveraging, SparkTrainer
+from sparkdl.spark.direct import Unreadable, parquet_files, read_rows
+
+
+def write(directory, tables, **kw):
+    os.makedirs(directory, exist_ok=True)
+    for k, t in enumerate(tables):
+        pq.write_table(t, os.path.join(directory, f"part-{k}.parquet"), **kw)
+    return str(directory)
+
+
+def table(features, labels, xtype=pa.float32()):
+    return pa.table({"features": pa.array(features, pa.list_(xtype)), "label": pa.array(labels, pa.int64())})
+
+
+def trainer(mode="jobs"):
+    m = Sequential([Dense(4, activation="relu"), Dense(3, activation="softmax")], input_shape=(2,), seed=0)
+    m.compile(optim.SGD(0.01), "sparse_categorical_crossentropy")
+    return SparkTrainer(m, ParameterAveraging(num_workers=2, batch_size_per_worker=2, mode=mode, seed=0))
+
+
+def test_which_dataframes_are_a_plain_scan(spark, tmp_path):
+    from pyspark.sql import functions as F
+    d = write(tmp_path / "p", [table([[1.0, 2.0]] * 3, [0, 1, 2])])
+    df = spark.read.parquet(d)
+    from sparkdl import fs
+    assert [fs.local_path(f) for f in parquet_files(df)] == [f"{d}/part-0.parquet"]
+    assert parquet_files(df.cache()) is not None and parquet_files(df.select("label", "features")) is not None
+    df.unpersist()
+    for other in (df.where(F.col("label") > 0), df.select("features", (F.col("label") + 1).alias("label")),
+                  df.limit(2), spark.createDataFrame([([1.0, 2.0], 0)], "features array<float>, label long")):
+        assert parquet_files(other) is None
+
+
+@pytest.mark.spark
+def test_each_worker_gets_every_other_row_in_file_order(spark, tmp_path):
+    """Three files, several row groups each: worker w holds global rows w, w + 2, ... (files in path order), as
+    the shards of a fit's export show."""
+    from sparkdl.spark import shards
+    rows = [0, 7, 4]
+    tables, at = [], 0
+    for n in rows:
+        ids = np.arange(at, at + n, dtype=np.float32)
+        tables.append(table(np.stack([ids, -ids], 1).tolist(), (np.arange(at, at + n) % 3).tolist()))
+        at += n
+    df = spark.read.parquet(write(tmp_path / "p", tables, row_group_size=3))
+    t = trainer()
+    entry = t._prepared_data(df, "features", "label", "training DataFrame", t.master)
+    out = shards.export(entry, shards.new_export_dir(str(tmp_path)), np.float64)
+    for w, (path, n) in enumerate(out):
+        x, y = shards.read_shard(path, (2,))
+        want = np.arange(w, at, 2, dtype=np.float32)
+        np.testing.assert_array_equal(x[:, 0], want)
+        np.testing.assert_array_equal(x[:, 1], -want)
+        np.testing.assert_array_equal(y, want % 3)
+        assert n == len(want)
+
+
+BAD = {
+    "nan feature": ([[0.5, float("nan")], [1.0, 0.0]], [0, 1]),
+    "null row": ([None, [1.0, 0.0]], [0, 1]),
+    "null value": ([[None, 1.0], [1.0, 0.0]], [0, 1]),
+    "wrong width": ([[0.5, 1.0, 2.0], [1.0, 0.0]], [0, 1]),
+    "label not a class": ([[0.5, 1.0], [1.0, 0.0]], [0, 7]),
+    "null label": ([[0.5, 1.0], [1.0, 0.0]], [0, None]),
+}
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("mode", ["jobs", "barrier"])
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_rows_give_the_error_the_spark_pass_gives(spark, tmp_path, mode, case, caplog):
+    """The same rows read directly and through the Spark pass (a filter that keeps every row makes the
+    DataFrame other than a plain scan): the same DataError, word for word."""
+    import logging
+
+    from pyspark.sql import functions as F
+    caplog.set_level(logging.INFO, logger="sparkdl")
+    features, labels = BAD[case]
+    good = [[0.25, 0.5]] * 6
+    df = spark.read.parquet(write(tmp_path / "p", [table(good + features, [1] * 6 + labels, pa.float64())]))
+    messages = []
+    for frame in (df, df.where(F.lit(True))):
+        with pytest.raises(DataError) as e:
+            trainer(mode).fit(frame, epochs=1, verbose=0)
+        messages.append(str(e.value))
+        read = [r.getMessage() for r in caplog.records if "read directly" in r.getMessage()]
+        assert len(read) == 1, read   # the plain scan only
+    assert messages[0] == messages[1]
+
+
+def test_files_other_than_the_plan_said_are_refused(tmp_path):
+    d = write(tmp_path / "p", [pa.table({"features": pa.array([[1.0, 2.0]], pa.list_(pa.float32())),
+                                         "y": pa.array([0])})])
+    with pytest.raises(Unreadable, match="no column 'features' or 'label'"):
+        list(read_rows([f"{d}/part-0.parquet"], "features", "label", 0, 2))
+    d = write(tmp_path / "q", [pa.table({"features": pa.array(["a"]), "label": pa.array([0])})])
+    with pytest.raises(Unreadable, match="holds features as string"):
+        list(read_rows([f"{d}/part-0.parquet"], "features", "label", 0, 2))
+
+
+def test_the_daemon_drops_pyspark_zip_only_for_the_same_version(tmp_path):
+    import zipfile
+
+    from sparkdl_daemon import prefer_installed
+
+    def installed(name, version):
+        (tmp_path / name / "pyspark").mkdir(parents=True)
+        (tmp_path / name / "pyspark" / "version.py").write_text(f'__version__: str = "{version}"\n')
+        return str(tmp_path / name)
+    z = str(tmp_path / "pyspark.zip")
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("pyspark/version.py", '__version__: str = "4.3.0"\n')
+    same, other = installed("same", "4.3.0"), installed("other", "4.2.1")
+    assert prefer_installed([z, "py4j.zip", same]) == ["py4j.zip", same]
+    assert prefer_installed([z, "py4j.zip", other]) == [z, "py4j.zip", other]
+    assert prefer_installed([z, "py4j.zip"]) == [z, "py4j.zip"]
+    assert prefer_installed(["py4j.zip", same]) == ["py4j.zip", same]

@@ -132,7 +132,8 @@ def python_workers():
     for d in os.listdir("/proc"):
         try:
             with open(f"/proc/{d}/cmdline", "rb") as f:
-                if b"pyspark.daemon" in f.read():
+                cmdline = f.read()
+                if b"pyspark.daemon" in cmdline or b"\x00sparkdl_daemon\x00" in cmdline:
                     daemons.add(int(d))
         except (OSError, ValueError):
             continue

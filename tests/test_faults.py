@@ -44,7 +44,8 @@ def fit(df, mode, epochs, callbacks=(), resume_from=None, model=None):
 
 
 def python_workers():
-    """The pids of pyspark's Python workers (forked by a pyspark.daemon whose parent is not itself a daemon)."""
+    """The pids of pyspark's Python workers (forked by a pyspark.daemon, or sparkdl_daemon, whose parent is not
+    itself a daemon)."""
     procs = {}
     for stat in glob.glob("/proc/[0-9]*/stat"):
         try:
@@ -52,7 +53,8 @@ def python_workers():
             with open(stat) as f:
                 ppid = int(f.read().rsplit(")", 1)[1].split()[1])
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                procs[pid] = (ppid, b"pyspark.daemon" in f.read())
+                cmdline = f.read()
+            procs[pid] = (ppid, b"pyspark.daemon" in cmdline or b"\x00sparkdl_daemon\x00" in cmdline)
         except (OSError, ValueError, IndexError):
             continue
     daemons = {p for p, (pp, d) in procs.items() if d and not procs.get(pp, (0, False))[1]}

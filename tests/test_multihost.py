@@ -141,7 +141,7 @@ def _python_workers(pids):
                 ppid = int(f.read().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        if b"pyspark.daemon" in cmdline or b"pyspark/daemon.py" in cmdline:
+        if b"pyspark.daemon" in cmdline or b"pyspark/daemon.py" in cmdline or b"\x00sparkdl_daemon\x00" in cmdline:
             daemons[pid] = ppid
     return [pid for pid, ppid in daemons.items() if ppid in daemons]
 

@@ -129,7 +129,8 @@ def _run_stage(launcher, run, frame, task):
     try:
         if frame is None:
             n = launcher.num_workers
-            sc.parallelize(range(n), n).barrier().mapPartitions(task).collect()
+            # followed by a shuffle, as below: Spark retries a failed barrier stage only where it is not the last
+            sc.parallelize(range(n), n).barrier().mapPartitions(task).repartition(1).collect()
         else:
             frame.mapInArrow(task, "worker int, rows long", barrier=True).repartition(1).collect()
     except Exception as e:

@@ -47,6 +47,8 @@ def parquet_files(df):
 def column_types_fit(df, features_col, label_col):
     """Whether the features are array<float or double> and the label a number: what the tasks read as such."""
     from pyspark.sql import types as T
+    if not isinstance(features_col, str):   # a list of numeric columns: put together by Spark
+        return False
     fields = {f.name: f.dataType for f in df.schema.fields}
     x, y = fields.get(features_col), fields.get(label_col)
     return (isinstance(x, T.ArrayType) and isinstance(x.elementType, (T.FloatType, T.DoubleType))

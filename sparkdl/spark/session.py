@@ -17,7 +17,7 @@ def local_session(master="local[2]", app_name="sparkdl", conf=None):
         "spark.python.worker.reuse": "true",
         "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
     }
-    if _daemon_importable():   # workers start from the installed pyspark, not from pyspark.zip: sparkdl_daemon
+    if master.startswith("local") and _daemon_importable():   # workers from the installed pyspark: sparkdl_daemon
         settings["spark.python.daemon.module"] = "sparkdl_daemon"
     settings.update(conf or {})
     builder = SparkSession.builder.master(master).appName(app_name)

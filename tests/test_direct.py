@@ -127,3 +127,30 @@ def test_the_daemon_drops_pyspark_zip_only_for_the_same_version(tmp_path):
     assert prefer_installed([z, "py4j.zip", other]) == [z, "py4j.zip", other]
     assert prefer_installed([z, "py4j.zip"]) == [z, "py4j.zip"]
     assert prefer_installed(["py4j.zip", same]) == ["py4j.zip", same]
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("case", ["nan feature", "label not a class", None])
+def test_a_barrier_fits_validation_parquet_is_read_on_the_driver(spark, tmp_path, case, caplog):
+    """Validation data of a barrier fit (evaluated on the driver): read there from a plain scan, with the error
+    the Spark pass gives where a row is bad."""
+    import logging
+
+    from pyspark.sql import functions as F
+    caplog.set_level(logging.INFO, logger="sparkdl")
+    good = [[0.25, 0.5], [0.5, -0.25]] * 4
+    train = spark.read.parquet(write(tmp_path / "t", [table(good, [0, 1] * 4)]))
+    features, labels = BAD[case] if case else ([[1.0, 0.0]], [2])
+    val = spark.read.parquet(write(tmp_path / "v", [table(good + features, [0, 1] * 4 + labels)]))
+    if case is None:
+        h = trainer("barrier").fit(train, epochs=2, validation_df=val, verbose=0)
+        assert len(h.history["val_loss"]) == 2 and np.isfinite(h.history["val_loss"]).all()
+    else:
+        messages = []
+        for frame in (val, val.where(F.lit(True))):
+            with pytest.raises(DataError) as e:
+                trainer("barrier").fit(train, epochs=1, validation_df=frame, verbose=0)
+            messages.append(str(e.value))
+        assert messages[0] == messages[1] and "validation DataFrame" in messages[0]
+    read = [r.getMessage() for r in caplog.records if "read on the driver" in r.getMessage()]
+    assert len(read) == 1 and "validation DataFrame" in read[0], read

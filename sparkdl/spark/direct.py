@@ -17,6 +17,35 @@ MAX_FILES = 256       # more files than this: the Spark pass (each task reads ev
 BATCH_ROWS = 8192     # rows decoded at a time
 
 
+def files_for(entry):
+    """The local Parquet files behind ``entry.source`` (sparkdl.spark.prepared) where its tasks, or the driver,
+    may read them themselves: a plain scan on a local master, features and label of types read as Spark does."""
+    checks, df = entry.checks, entry.source
+    if not df.sparkSession.sparkContext.master.startswith("local") \
+            or not column_types_fit(df, checks["features_col"], checks["label_col"]):
+        return None
+    return parquet_files(df)
+
+
+def read_on_driver(entry):
+    """(x, y) of ``entry``'s rows, checked as the Spark pass checks them (``Entry.check`` raises what is wrong),
+    read on the driver from the files ``files_for`` gives; None without them. A barrier fit's validation data."""
+    files = files_for(entry)
+    if files is None:
+        return None
+    from .prepared import checked_partition
+    c = entry.checks
+    try:
+        x, y, meta = checked_partition(read_rows(files, c["features_col"], c["label_col"], 0, 1), c["n_features"],
+                                       c["loss_kind"], c["num_classes"])
+    except Unreadable as e:
+        log.info("sparkdl: the Parquet files could not be read directly (%s): a Spark pass instead", e)
+        return None
+    log.info("sparkdl: the %s's %d Parquet file(s) read on the driver", c["what"], len(files))
+    entry.check([meta])
+    return x, y
+
+
 def parquet_files(df):
     """The local Parquet files ``df`` is a plain scan of (sorted paths), or None."""
     import os

@@ -90,15 +90,13 @@ def _direct(entry, write):
     None where they cannot (sparkdl.spark.direct)."""
     from . import direct
     from .data import ORDER
-    checks, df = entry.checks, entry.source
-    sc = df.sparkSession.sparkContext
-    if not sc.master.startswith("local") or ORDER not in entry.laid_out.columns \
-            or not direct.column_types_fit(df, checks["features_col"], checks["label_col"]):
-        return None   # not local, or partitions used as they are, or columns the tasks would not read as Spark does
-    files = direct.parquet_files(df)
+    if ORDER not in entry.laid_out.columns:   # partitions used as they are: Spark's
+        return None
+    files = direct.files_for(entry)
     if files is None:
         return None
-    workers, x_col, y_col = entry.workers, checks["features_col"], checks["label_col"]
+    sc = entry.source.sparkSession.sparkContext
+    workers, x_col, y_col = entry.workers, entry.checks["features_col"], entry.checks["label_col"]
 
     def task(index, _):
         from sparkdl.spark.direct import Unreadable, read_rows

@@ -13,7 +13,7 @@ from ..checks import positive_int
 from ..errors import DataError, FitInterrupted
 from ..metrics import Sums
 from ..dist.run import FitRun, stop_on_signals
-from . import data, prepared as cache
+from . import data, direct, prepared as cache
 from .master import ParameterAveraging, _storage_level
 
 log = logging.getLogger("sparkdl")
@@ -85,11 +85,13 @@ class SparkTrainer:
                 entries.append(val)
                 if mode == "barrier":
                     # the barrier stage holds the executors' slots: validate on the driver, data collected once
-                    if val.arrays is None:
-                        table = val.packed().select(data.X, data.Y).toArrow()
-                        vx, vy = data.batch_to_numpy(table, int(np.prod(model.input_shape)))
-                        val.arrays = vx.reshape((-1,) + tuple(model.input_shape)), vy
-                        if val.kept:   # the arrays are what is kept
+                    if val.arrays is None:   # Parquet read on the driver where it may be (sparkdl.spark.direct)
+                        read = direct.read_on_driver(val)
+                        if read is None:
+                            read = data.batch_to_numpy(val.packed().select(data.X, data.Y).toArrow(),
+                                                       int(np.prod(model.input_shape)))
+                        val.arrays = read[0].reshape((-1,) + tuple(model.input_shape)), read[1]
+                        if val.kept and val.frame is not None:   # the arrays are what is kept
                             val.frame.unpersist()
                             val.frame = None
                     vx, vy = val.arrays

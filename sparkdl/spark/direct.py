@@ -14,7 +14,7 @@ import logging
 log = logging.getLogger("sparkdl")
 
 MAX_FILES = 256       # more files than this: the Spark pass (each task reads every footer)
-BATCH_ROWS = 8192     # rows decoded at a time
+BATCH_ROWS = 1024     # rows decoded at a time: the reader holds a few batches (8192 MNIST rows: 70 MB)
 
 
 def files_for(entry):
@@ -94,6 +94,7 @@ def read_rows(files, features_col, label_col, worker, workers):
     from .. import fs
     from .data import X, Y
     at = 0   # the global index of the next row
+    pool = pa.default_memory_pool()
     for path in files:
         pf = pq.ParquetFile(fs.local_path(path))
         names = {n.lower(): n for n in pf.schema_arrow.names}   # Spark matches column names case-insensitively
@@ -110,7 +111,10 @@ def read_rows(files, features_col, label_col, worker, workers):
             if first >= batch.num_rows:
                 continue
             mine = batch.take(pa.array(np.arange(first, batch.num_rows, workers)))
+            batch = None
             yield pa.record_batch([mine.column(0), mine.column(1).cast(pa.float64())], names=[X, Y])
+            mine = None
+            pool.release_unused()   # the decoded pages back to the OS now (mimalloc keeps freed memory)
 
 
 class Unreadable(Exception):

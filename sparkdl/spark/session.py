@@ -38,3 +38,35 @@ def _daemon_importable():
                               capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
+
+
+_WARMED = set()   # applications whose Python workers a fit has started
+
+
+def warm_workers(sc, n):
+    """On a local master, the first fit of an application starts ``n`` Python workers in the background (a thread
+    running one small job; join it), so that the daemon's start and the workers' imports overlap the driver's
+    preparation of the fit instead of delaying its first job (0.6 s). None where there is nothing to start."""
+    import threading
+    if not sc.master.startswith("local") or sc.applicationId in _WARMED:
+        return None
+    _WARMED.add(sc.applicationId)
+    n = n or sc.defaultParallelism
+
+    def run():
+        try:
+            sc.parallelize(range(n), n).mapPartitions(_imports).collect()
+        except Exception:   # nothing depends on it: the fit's own jobs start the workers otherwise
+            pass
+    thread = threading.Thread(target=run, name="sparkdl-warm-workers", daemon=True)
+    thread.start()
+    return thread
+
+
+def _imports(_):
+    """What a fit's first tasks import (the Parquet reader, the checks, the shards)."""
+    import pyarrow.parquet  # noqa: F401
+
+    import sparkdl.spark.prepared  # noqa: F401
+    import sparkdl.spark.shards  # noqa: F401
+    return []

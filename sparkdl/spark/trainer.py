@@ -15,6 +15,7 @@ from ..metrics import Sums
 from ..dist.run import FitRun, stop_on_signals
 from . import data, direct, prepared as cache
 from .master import ParameterAveraging, _storage_level
+from .session import warm_workers
 
 log = logging.getLogger("sparkdl")
 
@@ -71,14 +72,15 @@ class SparkTrainer:
         epochs = positive_int("epochs", epochs)
         master, model = self.master, self.model
         resume_round = self._resume(resume_from) if resume_from is not None else 0
-        # checked, converted and laid out one partition per worker in one Spark pass where the fit first reads it,
-        # or kept from an earlier fit on the same DataFrame (sparkdl.spark.prepared)
-        entry = self._prepared_data(df, features_col, label_col, "training DataFrame", master)
-        if entry.ready:
-            marks["checked"] = time.time()
-        entries = [entry]
-        evaluate_validation = None
+        entries, evaluate_validation = [], None
+        warm = warm_workers(df.sparkSession.sparkContext, master.num_workers)
         try:
+            # checked, converted and laid out one partition per worker in one Spark pass where the fit first reads
+            # it, or kept from an earlier fit on the same DataFrame (sparkdl.spark.prepared)
+            entry = self._prepared_data(df, features_col, label_col, "training DataFrame", master)
+            if entry.ready:
+                marks["checked"] = time.time()
+            entries.append(entry)
             mode, reason = master.choose_mode(df.sparkSession.sparkContext, entry.workers)
             if validation_df is not None:
                 val = self._prepared_data(validation_df, features_col, label_col, "validation DataFrame")
@@ -102,6 +104,8 @@ class SparkTrainer:
             history = self._run(entry, mode, reason, epochs, callbacks, evaluate_validation, verbose, resume_round,
                                 marks)
         finally:
+            if warm is not None:   # no job of the fit left running
+                warm.join()
             for e in entries:
                 if not (e.kept and e.ready):   # kept only once made ready (not after a failed check, say)
                     e.release()

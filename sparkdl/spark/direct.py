@@ -94,7 +94,6 @@ def read_rows(files, features_col, label_col, worker, workers):
     from .. import fs
     from .data import X, Y
     at = 0   # the global index of the next row
-    pool = pa.default_memory_pool()
     for path in files:
         pf = pq.ParquetFile(fs.local_path(path))
         names = {n.lower(): n for n in pf.schema_arrow.names}   # Spark matches column names case-insensitively
@@ -111,10 +110,7 @@ def read_rows(files, features_col, label_col, worker, workers):
             if first >= batch.num_rows:
                 continue
             mine = batch.take(pa.array(np.arange(first, batch.num_rows, workers)))
-            batch = None
             yield pa.record_batch([mine.column(0), mine.column(1).cast(pa.float64())], names=[X, Y])
-            mine = None
-            pool.release_unused()   # the decoded pages back to the OS now (mimalloc keeps freed memory)
 
 
 class Unreadable(Exception):

@@ -106,7 +106,7 @@ def _direct(entry, write):
             yield index, None, json.dumps({"unreadable": str(e)})
 
     out = sc.parallelize(range(workers), workers).mapPartitionsWithIndex(task).collect()
-    unreadable = [json.loads(m)["unreadable"] for _, _, m in out if "unreadable" in json.loads(m)]
+    unreadable = [why for why in (json.loads(m).get("unreadable") for _, _, m in out) if why]
     if unreadable:
         direct.log.info("sparkdl: the Parquet files could not be read directly (%s): a Spark pass instead",
                         unreadable[0])

@@ -5,6 +5,8 @@ BarrierTaskContext.allGather takes a second a call). The shuffle after the stage
 which Spark retries as a whole when a task fails."""
 import os
 
+from .session import conf_value
+
 MIB = 1 << 20
 
 
@@ -14,11 +16,10 @@ class BarrierUnsupported(ValueError):
 
 
 def check_cluster(sc, n_workers):
-    conf = sc.getConf()
-    if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
+    if conf_value(sc, "spark.dynamicAllocation.enabled", "false").lower() == "true":
         raise ValueError("barrier mode needs all workers at once and cannot run with "
                          "spark.dynamicAllocation.enabled=true; use ParameterAveraging(mode='jobs')")
-    slots = sc.defaultParallelism // max(int(conf.get("spark.task.cpus", "1")), 1)
+    slots = sc.defaultParallelism // max(int(conf_value(sc, "spark.task.cpus", "1")), 1)
     if n_workers > slots:
         raise ValueError(f"barrier mode runs all {n_workers} workers at once, but the cluster has {slots} task "
                          f"slots now; use num_workers <= {slots} or ParameterAveraging(mode='jobs')")
@@ -26,7 +27,7 @@ def check_cluster(sc, n_workers):
 
 def free_slots(sc):
     """Task slots not running a task now (the executors' cores over spark.task.cpus, less their running tasks)."""
-    slots = sc.defaultParallelism // max(int(sc.getConf().get("spark.task.cpus", "1")), 1)
+    slots = sc.defaultParallelism // max(int(conf_value(sc, "spark.task.cpus", "1")), 1)
     running = sum(e.numRunningTasks() for e in sc._jsc.sc().statusTracker().getExecutorInfos())
     return max(slots - running, 0)
 
@@ -38,10 +39,9 @@ def driver_addresses(sc):
     """(address to bind, address the executors reach the driver on). The advertised one is
     ``spark.driver.host``, never a wildcard: with ``spark.driver.bindAddress=0.0.0.0`` (containers, Kubernetes)
     the driver binds every interface and still advertises the host's own address."""
-    conf = sc.getConf()
     if sc.master.startswith("local"):
         return "127.0.0.1", "127.0.0.1"
-    return advertised_addresses(conf.get("spark.driver.host", None), conf.get("spark.driver.bindAddress", None))
+    return advertised_addresses(conf_value(sc, "spark.driver.host"), conf_value(sc, "spark.driver.bindAddress"))
 
 
 def advertised_addresses(host, bind):
@@ -77,9 +77,9 @@ def memory_budget(sc, n_workers):
     YARN and Kubernetes) shared by the executor's task slots; in local mode half of this machine's memory shared
     by the workers."""
     from ..dist.spill import default_budget
-    conf = sc.getConf()
     if sc.master.startswith("local"):
         return default_budget(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), n_workers)
+    conf = sc.getConf()
     python = conf.get("spark.executor.pyspark.memory", None) or conf.get("spark.executor.memoryOverhead", None)
     total = _mib(python) if python else max(384 * MIB, _mib(conf.get("spark.executor.memory", "1g")) // 10)
     slots = int(conf.get("spark.executor.cores", "1")) // max(int(conf.get("spark.task.cpus", "1")), 1)

@@ -6,6 +6,7 @@ import tempfile
 
 from .. import fs
 from ..dist.averaging import Contribution, add, merge
+from .session import conf_value
 
 log = logging.getLogger("sparkdl")
 
@@ -101,7 +102,7 @@ def _other_hosts(sc):
             return socket.gethostbyname(host)
         except OSError:
             return host
-    driver = sc.getConf().get("spark.driver.host", "127.0.0.1")
+    driver = conf_value(sc, "spark.driver.host", "127.0.0.1")
     here = {driver, address(driver), socket.gethostname(), address(socket.gethostname())}
     hosts = {e.host() for e in sc._jsc.sc().statusTracker().getExecutorInfos()}
     return sorted(h for h in hosts if h not in here and address(h) not in here and not address(h).startswith("127."))
@@ -122,7 +123,7 @@ def spark_retries(sc):
     local = re.fullmatch(r"local\[(\d+|\*)(?:,\s*(\d+))?\]|local", sc.master)
     if local:
         return int(local.group(2)) if local.group(2) else 1
-    return int(sc.getConf().get("spark.task.maxFailures", "4"))
+    return int(conf_value(sc, "spark.task.maxFailures", "4"))
 
 
 def run_round(launcher, run, epoch, r, g):

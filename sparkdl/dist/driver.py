@@ -114,6 +114,8 @@ class BarrierDriver:
                 _, conn = self.server.joined.get(timeout=0.2)
             except queue.Empty:
                 continue
+            if conn is None:   # end_stage woke it
+                continue
             try:
                 wire.send(conn, {"type": "done"})
             except OSError:
@@ -232,6 +234,11 @@ class BarrierDriver:
                             rec["grad_norms"] = header["grad_norms"]
                         total.stats.append(rec)
         return total, model, timing
+
+    def end_stage(self):
+        """The launcher's stage has ended: no retried workers will come."""
+        self.stage_done = True
+        self.server.wake()
 
     def abort(self, reason):
         self.server.abort(reason)

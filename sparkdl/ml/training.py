@@ -60,8 +60,9 @@ def build(p, df, kind, who):
     default MLP, checked against the loss and the features length."""
     from .. import optim
     from ..nn import Dense, Sequential, model_from_config
-    n_features = _features_length(df, p["featuresCol"], who)
     loss = p["loss"]
+    classes = not p["modelSpec"] and kind != "regressor" and loss != "binary_crossentropy"
+    n_features, n_classes = _shape_of(df, p["featuresCol"], p["labelCol"] if classes else None, who)
     if p["modelSpec"]:
         try:
             spec = json.loads(p["modelSpec"])
@@ -78,7 +79,7 @@ def build(p, df, kind, who):
         elif loss == "binary_crossentropy":
             out = Dense(1, activation="sigmoid")
         else:
-            out = Dense(_num_classes(df, p["labelCol"], who), activation="softmax")
+            out = Dense(n_classes, activation="softmax")
         network = Sequential([Dense(HIDDEN_UNITS, activation="relu"), out], input_shape=(n_features,),
                              seed=p["seed"]).build()
     if not hasattr(network, "input_shape") or isinstance(network.input_shape, dict):
@@ -109,29 +110,35 @@ def _check_outputs(shape, loss, kind, who):
                      f"{shape}")
 
 
-def _features_length(df, features_col, who):
+def _shape_of(df, features_col, label_col, who):
+    """(the features length of the first row, the number of classes or None where ``label_col`` is None): the
+    classes from the label's ML attribute (StringIndexer writes it), else max label + 1, at least 2. One Spark
+    job: a small one for the length alone, one pass over the rows where the labels' maximum is needed too."""
     from pyspark.sql import functions as F
     role = "training DataFrame"
-    row = data.prepare(df, features_col, role=role).select(F.size(data.X)).first()
-    if row is None:
-        raise DataError(role, features_col, f"the DataFrame is empty ({who})")
-    if row[0] is None or row[0] < 1:
-        raise DataError(role, features_col, f"its first row is null or empty ({who}: Param featuresCol)")
-    return int(row[0])
-
-
-def _num_classes(df, label_col, who):
-    """From the label's ML attribute (StringIndexer writes it), else max label + 1."""
-    from pyspark.sql import functions as F
-    attr = df.schema[label_col].metadata.get("ml_attr", {})
-    if attr.get("type") == "nominal" and (attr.get("vals") or attr.get("num_vals")):
-        n = len(attr["vals"]) if attr.get("vals") else int(attr["num_vals"])
+    classes = None if label_col is None else _nominal_classes(df, label_col)
+    if label_col is None or classes is not None:
+        row = data.prepare(df, features_col, role=role).select(F.size(data.X)).first()
+        rows, length = (0, None) if row is None else (1, row[0])
     else:
-        top = df.agg(F.max(F.col(label_col))).first()[0]
-        if top is None:
+        prepared = data.prepare(df, features_col, label_col, role=role)
+        rows, length, top = prepared.agg(F.count(F.lit(1)), F.first(F.size(data.X)), F.max(data.Y)).first()
+        if rows and top is None:
             raise ValueError(f"{who}: Param labelCol: column {label_col!r} holds no labels")
-        n = int(top) + 1
-    return max(n, 2)
+        classes = None if top is None else int(top) + 1
+    if not rows:
+        raise DataError(role, features_col, f"the DataFrame is empty ({who})")
+    if length is None or length < 1:
+        raise DataError(role, features_col, f"its first row is null or empty ({who}: Param featuresCol)")
+    return int(length), None if classes is None else max(classes, 2)
+
+
+def _nominal_classes(df, label_col):
+    """The number of classes the label's ML attribute names (StringIndexer's), or None."""
+    attr = df.schema[label_col].metadata.get("ml_attr", {}) if label_col in df.columns else {}
+    if attr.get("type") == "nominal" and (attr.get("vals") or attr.get("num_vals")):
+        return len(attr["vals"]) if attr.get("vals") else int(attr["num_vals"])
+    return None
 
 
 # -- transform ----------------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ class Barrier(Master):
         run.mark("launched")
         try:
             launcher.run_barrier(driver.worker_spec(ports), run)
-            driver.end_stage()
+            driver.stage_done = True
             thread.join()
         except BaseException:
             driver.abort("the barrier stage failed")

@@ -97,8 +97,6 @@ class ControlServer:
                     missing = sorted(set(range(n)) - set(workers))
                     raise TimeoutError(f"workers {missing} of {n} did not connect to the driver within "
                                        f"{self.timeout:.3g} s (server_timeout)") from None
-                if conn is None:   # wake()
-                    continue
                 w, attempt = header["worker"], header.get("attempt", 0)
                 if attempt < min_attempt or not 0 <= w < n or (w in workers and workers[w][0].get("attempt", 0) > attempt):
                     conn.close()   # an older attempt's late hello never replaces a newer one
@@ -204,10 +202,6 @@ class ControlServer:
                 self._inbox[w].clear()
         return True
 
-    def wake(self):
-        """Wake whoever waits on ``joined`` (an entry with no connection), to look again at why it waits."""
-        self.joined.put((None, None))
-
     def drop_workers(self):
         for _, conn in self.workers.values():
             conn.close()
@@ -222,11 +216,9 @@ class ControlServer:
         self.drop_workers()
         while True:   # handshaken connections nobody took
             try:
-                conn = self.joined.get_nowait()[1]
+                self.joined.get_nowait()[1].close()
             except queue.Empty:
                 break
-            if conn is not None:
-                conn.close()
         try:
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() thread
         except OSError:

@@ -45,7 +45,19 @@ def prefer_installed(path):
     return rest
 
 
+def quiet(worker):
+    """pyspark's forked worker, silent where the JVM has closed its socket (``spark.stop()``: over Unix domain
+    sockets a worker's last flush then fails, and pyspark's daemon printed a BrokenPipeError's traceback)."""
+    def run(sock, authenticated):
+        try:
+            return worker(sock, authenticated)
+        except (BrokenPipeError, ConnectionResetError):
+            return 1   # the worker ends, as pyspark's own code does after a failed task
+    return run
+
+
 if __name__ == "__main__":
     sys.path[:] = prefer_installed(sys.path)
-    from pyspark.daemon import manager
-    manager()
+    import pyspark.daemon
+    pyspark.daemon.worker = quiet(pyspark.daemon.worker)
+    pyspark.daemon.manager()

@@ -281,6 +281,35 @@ def summarize(segments, threads, split=()):
     return res
 
 
+def mlp_flops_per_sample(sizes=(784, 256, 128, 10)):
+    """Floating-point operations of one MLP training step per sample, its GEMMs only: the forward products, the
+    weight gradients, and the input gradients of every layer but the first (neither framework forms that one)."""
+    products = [a * b for a, b in zip(sizes, sizes[1:])]
+    return 2 * (2 * sum(products) + sum(products[1:]))
+
+
+def gemm_peak(n=2048, repeats=5):
+    """This machine's float32 GEMM rate (GFLOP/s, best of ``repeats``) for one n x n product, at the thread
+    limits in force: the ceiling of any MLP step built on GEMMs."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+    a @ b
+    best = min(timed(lambda: a @ b)[0] for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def mlp_ceiling(res, target=1.5):
+    """The MLP's rates as GFLOP/s beside the GEMM peak, and what ``target`` x torch would need."""
+    flops, peak = mlp_flops_per_sample(), gemm_peak()
+    out = {"mflop_per_sample": round(flops / 1e6, 3), "gemm_peak_gflops": round(peak, 1)}
+    for name in ("sparkdl", "torch"):
+        if name in res:
+            out[name + "_gflops"] = round(res[name]["median"] * flops / 1e9, 1)
+    if "torch" in res:
+        out[f"needed_for_{target}x_torch_gflops"] = round(target * res["torch"]["median"] * flops / 1e9, 1)
+    return out
+
+
 def fit_rate(model, x, y, batch_size, repeats=3):
     """(samples/s, cores used) of one ``model.fit`` epoch over (x, y): the median of ``repeats`` epochs, after a
     short untimed fit."""
@@ -399,6 +428,13 @@ def print_table(rows, args):
                       f"{res.get('ratio' + name[len('sparkdl'):], '-')}, cores {statistics.median(d['cpu_util']):.1f}")
     for kind, res in rows:
         if res.get("sparkdl_parts"):
+            c = res.get("ceiling")
+            if c and "torch_gflops" in c:
+                need = c["needed_for_1.5x_torch_gflops"]
+                print(f"{kind:<6} {c['mflop_per_sample']} MFLOP per sample a step; float32 GEMM peak here "
+                      f"(2048x2048, {args.threads} threads) {c['gemm_peak_gflops']} GFLOP/s; sparkdl "
+                      f"{c.get('sparkdl_gflops', '-')}, torch {c['torch_gflops']} GFLOP/s; 1.5x torch would take "
+                      f"{need} GFLOP/s ({need / c['gemm_peak_gflops']:.0%} of the peak)")
             print(f"{kind:<6} parts per step (compile(threads=...)): " + ", ".join(
                 f"{n} {t}: {res['sparkdl_parts'][n]}" for n, t in zip(res["sparkdl_parts"], ARGS.sparkdl_threads)))
     for kind, res in rows:
@@ -442,6 +478,8 @@ def main(args):
             split = {r.name for r in runners if isinstance(r, SparkdlRunner) and r.model.parts() > 1}
             res["sparkdl_parts"] = {r.name: r.model.parts() for r in runners if isinstance(r, SparkdlRunner)}
             res.update(summarize(segments, args.threads, split))
+            if kind == "mlp":
+                res["ceiling"] = mlp_ceiling(res)
             if runners[0].name == "sparkdl" and not args.no_fit:
                 xf, yf = random_data(kind, 40 * args.batch_size, args.seed + 1)
                 rate, util = fit_rate(runners[0].model, xf, yf, args.batch_size)

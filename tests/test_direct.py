@@ -129,6 +129,23 @@ def test_the_daemon_drops_pyspark_zip_only_for_the_same_version(tmp_path):
     assert prefer_installed(["py4j.zip", same]) == ["py4j.zip", same]
 
 
+def test_the_daemons_workers_end_quietly_only_where_the_jvm_closed_their_socket():
+    from sparkdl_daemon import quiet
+
+    def worker(error):
+        def run(sock, authenticated):
+            if error is not None:
+                raise error
+            return 0 if authenticated else 7
+        return run
+    assert quiet(worker(None))(None, True) == 0
+    assert quiet(worker(None))(None, False) == 7
+    assert quiet(worker(BrokenPipeError(32, "Broken pipe")))(None, True) == 1
+    assert quiet(worker(ConnectionResetError(104, "reset")))(None, True) == 1
+    with pytest.raises(ValueError, match="a real failure"):
+        quiet(worker(ValueError("a real failure")))(None, True)
+
+
 @pytest.mark.spark
 @pytest.mark.parametrize("case", ["nan feature", "label not a class", None])
 def test_a_barrier_fits_validation_parquet_is_read_on_the_driver(spark, tmp_path, case, caplog):

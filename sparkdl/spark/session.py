@@ -16,12 +16,13 @@ def local_session(master="local[2]", app_name="sparkdl", conf=None):
         "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
         "spark.python.worker.reuse": "true",
         "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
-        # Spark 4.1+: the JVM talks to its Python workers over Unix domain sockets. Over loopback TCP the JVM's
-        # small writes wait on the workers' delayed acknowledgements: 40 ms more in every Python stage
-        "spark.python.unix.domain.socket.enabled": "true",
     }
     if master.startswith("local") and _daemon_importable():   # workers from the installed pyspark: sparkdl_daemon
         settings["spark.python.daemon.module"] = "sparkdl_daemon"
+        # Spark 4.1+: the JVM talks to its Python workers over Unix domain sockets. Over loopback TCP the JVM's
+        # small writes wait on the workers' delayed acknowledgements: 40 ms more in every Python stage. (With
+        # them, a worker's last flush fails at spark.stop(): sparkdl_daemon keeps that quiet.)
+        settings["spark.python.unix.domain.socket.enabled"] = "true"
     settings.update(conf or {})
     builder = SparkSession.builder.master(master).appName(app_name)
     for k, v in settings.items():

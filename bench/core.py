@@ -299,14 +299,15 @@ def gemm_peak(n=2048, repeats=5):
 
 
 def mlp_ceiling(res, target=1.5):
-    """The MLP's rates as GFLOP/s beside the GEMM peak, and what ``target`` x torch would need."""
+    """The MLP's best rates (its least disturbed segments) as GFLOP/s beside the GEMM peak, and what ``target`` x
+    torch's best would need."""
     flops, peak = mlp_flops_per_sample(), gemm_peak()
     out = {"mflop_per_sample": round(flops / 1e6, 3), "gemm_peak_gflops": round(peak, 1)}
     for name in ("sparkdl", "torch"):
         if name in res:
-            out[name + "_gflops"] = round(res[name]["median"] * flops / 1e9, 1)
+            out[name + "_gflops"] = round(res[name]["best"] * flops / 1e9, 1)
     if "torch" in res:
-        out[f"needed_for_{target}x_torch_gflops"] = round(target * res["torch"]["median"] * flops / 1e9, 1)
+        out[f"needed_for_{target}x_torch_gflops"] = round(target * res["torch"]["best"] * flops / 1e9, 1)
     return out
 
 
@@ -432,7 +433,7 @@ def print_table(rows, args):
             if c and "torch_gflops" in c:
                 need = c["needed_for_1.5x_torch_gflops"]
                 print(f"{kind:<6} {c['mflop_per_sample']} MFLOP per sample a step; float32 GEMM peak here "
-                      f"(2048x2048, {args.threads} threads) {c['gemm_peak_gflops']} GFLOP/s; sparkdl "
+                      f"(2048x2048, {args.threads} threads) {c['gemm_peak_gflops']} GFLOP/s; best rounds: sparkdl "
                       f"{c.get('sparkdl_gflops', '-')}, torch {c['torch_gflops']} GFLOP/s; 1.5x torch would take "
                       f"{need} GFLOP/s ({need / c['gemm_peak_gflops']:.0%} of the peak)")
             print(f"{kind:<6} parts per step (compile(threads=...)): " + ", ".join(

@@ -1,5 +1,6 @@
-"""A fit's shards read by the tasks straight from the Parquet files of a plain scan (sparkdl.spark.direct): which
-DataFrames qualify, which rows each worker gets, and the same checks and errors as the Spark pass."""
+"""A fit's shards read by the tasks straight from the Parquet files of a plain scan, or collected on the driver from
+a small DataFrame (sparkdl.spark.direct): which DataFrames qualify, which rows each worker gets, and the same
+checks and errors as the Spark pass."""
 import os
 
 import numpy as np
@@ -67,6 +68,38 @@ def test_each_worker_gets_every_other_row_in_file_order(spark, tmp_path):
         assert n == len(want)
 
 
+@pytest.mark.spark
+def test_a_small_dataframe_is_collected_and_dealt_on_the_driver(spark, tmp_path, monkeypatch, caplog):
+    """Not a plain scan but small (cached, so that Spark knows its size): collected on the driver, worker w gets
+    rows w, w + 2, ... of the DataFrame's order; past SMALL_BYTES, the Spark pass; on a cluster, never."""
+    import logging
+
+    from sparkdl.spark import direct, shards
+    caplog.set_level(logging.INFO, logger="sparkdl")
+    ids = np.arange(11, dtype=np.float32)
+    df = spark.createDataFrame([([float(i), -float(i)], int(i) % 3) for i in ids], "features array<float>, label long")
+    df.count()
+    t = trainer()
+    entry = t._prepared_data(df, "features", "label", "training DataFrame", t.master)
+    assert direct.small_rows(entry) is None   # rows from Python: Spark's plan cannot tell their size
+    df = df.cache()
+    df.count()
+    entry = t._prepared_data(df, "features", "label", "training DataFrame", t.master)
+    assert direct.small_rows(entry).num_rows == 11
+    out = shards.export(entry, shards.new_export_dir(str(tmp_path)), np.float64)
+    assert any("11 rows of a small training DataFrame collected" in r.getMessage() for r in caplog.records)
+    for w, (path, n) in enumerate(out):
+        x, y = shards.read_shard(path, (2,))
+        np.testing.assert_array_equal(x[:, 0], ids[w::2])
+        np.testing.assert_array_equal(y, ids[w::2] % 3)
+        assert n == len(ids[w::2])
+    monkeypatch.setattr(direct, "SMALL_BYTES", 16)
+    assert direct.small_rows(entry) is None
+    monkeypatch.setattr(direct, "SMALL_BYTES", 1 << 20)
+    monkeypatch.setattr(spark.sparkContext, "master", "spark://elsewhere:7077")
+    assert direct.small_rows(entry) is None
+
+
 BAD = {
     "nan feature": ([[0.5, float("nan")], [1.0, 0.0]], [0, 1]),
     "null row": ([None, [1.0, 0.0]], [0, 1]),
@@ -80,24 +113,29 @@ BAD = {
 @pytest.mark.spark
 @pytest.mark.parametrize("mode", ["jobs", "barrier"])
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_rows_give_the_error_the_spark_pass_gives(spark, tmp_path, mode, case, caplog):
-    """The same rows read directly and through the Spark pass (a filter that keeps every row makes the
-    DataFrame other than a plain scan): the same DataError, word for word."""
+def test_bad_rows_give_the_error_the_spark_pass_gives(spark, tmp_path, mode, case, caplog, monkeypatch):
+    """The same rows read directly, collected on the driver (a filter that keeps every row makes the DataFrame
+    other than a plain scan; it is small) and through the Spark pass (nothing counted small): the same
+    DataError, word for word."""
     import logging
 
     from pyspark.sql import functions as F
+
+    from sparkdl.spark import direct
     caplog.set_level(logging.INFO, logger="sparkdl")
     features, labels = BAD[case]
     good = [[0.25, 0.5]] * 6
     df = spark.read.parquet(write(tmp_path / "p", [table(good + features, [1] * 6 + labels, pa.float64())]))
     messages = []
-    for frame in (df, df.where(F.lit(True))):
+    for frame, small in ((df, 1 << 20), (df.where(F.lit(True)), 1 << 20), (df.where(F.lit(True)), -1)):
+        monkeypatch.setattr(direct, "SMALL_BYTES", small)
         with pytest.raises(DataError) as e:
             trainer(mode).fit(frame, epochs=1, verbose=0)
         messages.append(str(e.value))
-        read = [r.getMessage() for r in caplog.records if "read directly" in r.getMessage()]
-        assert len(read) == 1, read   # the plain scan only
-    assert messages[0] == messages[1]
+    log = [r.getMessage() for r in caplog.records]
+    assert len([m for m in log if "read directly" in m]) == 1, log   # the plain scan only
+    assert len([m for m in log if "collected on the driver" in m]) == 1, log   # the small filtered one
+    assert messages[0] == messages[1] == messages[2]
 
 
 def test_files_other_than_the_plan_said_are_refused(tmp_path):
@@ -148,12 +186,14 @@ def test_the_daemons_workers_end_quietly_only_where_the_jvm_closed_their_socket(
 
 @pytest.mark.spark
 @pytest.mark.parametrize("case", ["nan feature", "label not a class", None])
-def test_a_barrier_fits_validation_parquet_is_read_on_the_driver(spark, tmp_path, case, caplog):
-    """Validation data of a barrier fit (evaluated on the driver): read there from a plain scan, with the error
-    the Spark pass gives where a row is bad."""
+def test_a_barrier_fits_validation_parquet_is_read_on_the_driver(spark, tmp_path, case, caplog, monkeypatch):
+    """Validation data of a barrier fit (evaluated on the driver): read there from a plain scan, or collected there
+    where it is small, with the error the Spark pass gives where a row is bad."""
     import logging
 
     from pyspark.sql import functions as F
+
+    from sparkdl.spark import direct
     caplog.set_level(logging.INFO, logger="sparkdl")
     good = [[0.25, 0.5], [0.5, -0.25]] * 4
     train = spark.read.parquet(write(tmp_path / "t", [table(good, [0, 1] * 4)]))
@@ -164,10 +204,13 @@ def test_a_barrier_fits_validation_parquet_is_read_on_the_driver(spark, tmp_path
         assert len(h.history["val_loss"]) == 2 and np.isfinite(h.history["val_loss"]).all()
     else:
         messages = []
-        for frame in (val, val.where(F.lit(True))):
+        for frame, small in ((val, 1 << 20), (val.where(F.lit(True)), 1 << 20), (val.where(F.lit(True)), -1)):
+            monkeypatch.setattr(direct, "SMALL_BYTES", small)   # -1: nothing is small, the Spark pass
             with pytest.raises(DataError) as e:
                 trainer("barrier").fit(train, epochs=1, validation_df=frame, verbose=0)
             messages.append(str(e.value))
-        assert messages[0] == messages[1] and "validation DataFrame" in messages[0]
+        assert messages[0] == messages[1] == messages[2] and "validation DataFrame" in messages[0]
+        read = [r.getMessage() for r in caplog.records if "read on the driver" in r.getMessage()]
+        assert len(read) == 2 and "Parquet file" in read[0] and "rows collected" in read[1], read
     read = [r.getMessage() for r in caplog.records if "read on the driver" in r.getMessage()]
-    assert len(read) == 1 and "validation DataFrame" in read[0], read
+    assert read and all("validation DataFrame" in r for r in read), read

@@ -55,7 +55,8 @@ def export(entry, export_dir, label_dtype):
     """Write each partition of ``entry.laid_out`` (sparkdl.spark.prepared: columns X, Y) as one shard, checking
     it on the way (``Entry.check`` raises what is wrong, the directory then left empty); returns [(path, rows)] by
     partition. Where the DataFrame is a plain scan of local Parquet files on a local master, the tasks read the
-    files themselves (sparkdl.spark.direct)."""
+    files themselves; where it is small, its rows are collected and the shards written on the driver
+    (sparkdl.spark.direct)."""
     from pyspark import TaskContext
     n_features, kind, classes = (entry.checks[k] for k in ("n_features", "loss_kind", "num_classes"))
 
@@ -77,6 +78,8 @@ def export(entry, export_dir, label_dtype):
 
     with task_errors():
         out = _direct(entry, write)
+        if out is None:
+            out = _collected(entry, write)
         if out is None:
             out = entry.laid_out.mapInArrow(write_partition, "partition int, path string, meta string").collect()
     out = sorted(out, key=lambda r: r[0])
@@ -113,3 +116,18 @@ def _direct(entry, write):
         return None
     direct.log.info("sparkdl: %d Parquet file(s) read directly by the %d workers", len(files), workers)
     return out
+
+
+def _collected(entry, write):
+    """[(partition, path, meta)] written on the driver from the rows of a small DataFrame collected there (dealt
+    every ``workers``-th row, as the direct read deals them), or None (sparkdl.spark.direct.small_rows)."""
+    from . import direct
+    from .data import ORDER
+    if ORDER not in entry.laid_out.columns:
+        return None
+    table = direct.small_rows(entry)
+    if table is None:
+        return None
+    direct.log.info("sparkdl: the %d rows of a small %s collected on the driver", table.num_rows,
+                    entry.checks["what"])
+    return [write(direct.dealt(table, w, entry.workers), w) for w in range(entry.workers)]

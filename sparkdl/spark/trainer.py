@@ -81,6 +81,8 @@ class SparkTrainer:
             if entry.ready:
                 marks["checked"] = time.time()
             entries.append(entry)
+            if warm is not None:   # its tasks would count as busy slots: mode="auto" would choose jobs mode
+                warm.join()
             mode, reason = master.choose_mode(df.sparkSession.sparkContext, entry.workers)
             if validation_df is not None:
                 val = self._prepared_data(validation_df, features_col, label_col, "validation DataFrame")

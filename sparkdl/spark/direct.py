@@ -42,13 +42,14 @@ def read_on_driver(entry):
             return None
         batches, how = table.to_batches(), f"{table.num_rows} rows collected on the driver"
     else:
-        batches, how = read_rows(files, c["features_col"], c["label_col"], 0, 1), f"{len(files)} Parquet file(s)"
+        batches = read_rows(files, c["features_col"], c["label_col"], 0, 1)
+        how = f"{len(files)} Parquet file(s) read on the driver"
     try:
         x, y, meta = checked_partition(batches, c["n_features"], c["loss_kind"], c["num_classes"])
     except Unreadable as e:
         log.info("sparkdl: the Parquet files could not be read directly (%s): a Spark pass instead", e)
         return None
-    log.info("sparkdl: the %s's %s, read on the driver", c["what"], how)
+    log.info("sparkdl: the %s's %s", c["what"], how)
     entry.check([meta])
     return x, y
 

@@ -89,7 +89,7 @@ class SparkTrainer:
                 entries.append(val)
                 if mode == "barrier":
                     # the barrier stage holds the executors' slots: validate on the driver, data collected once
-                    if val.arrays is None:   # Parquet read on the driver where it may be (sparkdl.spark.direct)
+                    if val.arrays is None:   # Parquet or small data read on the driver (sparkdl.spark.direct)
                         read = direct.read_on_driver(val)
                         if read is None:
                             read = data.batch_to_numpy(val.packed().select(data.X, data.Y).toArrow(),

@@ -59,8 +59,5 @@ def quiet(worker):
 if __name__ == "__main__":
     sys.path[:] = prefer_installed(sys.path)
     import pyspark.daemon
-    # imported before the fork, where each new worker imported it again (0.18 s): it starts no thread and loads
-    # neither numpy nor pyarrow (tests/test_direct.py checks that it stays so)
-    import pyspark.worker  # noqa: F401
     pyspark.daemon.worker = quiet(pyspark.daemon.worker)
     pyspark.daemon.manager()

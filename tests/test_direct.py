@@ -167,17 +167,6 @@ def test_the_daemon_drops_pyspark_zip_only_for_the_same_version(tmp_path):
     assert prefer_installed(["py4j.zip", same]) == ["py4j.zip", same]
 
 
-def test_pyspark_worker_may_be_imported_before_the_daemon_forks():
-    """sparkdl_daemon imports pyspark.worker before it forks the workers: safe only while that starts no thread
-    and loads neither numpy, pyarrow nor pandas (which start threads), as pyspark's own daemon says."""
-    import subprocess
-    import sys
-    code = ("import os, sys; import pyspark.worker; "
-            "print(len(os.listdir('/proc/self/task')), sorted({'numpy', 'pyarrow', 'pandas'} & set(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.split(None, 1) == ["1", "[]\n"], out.stdout
-
-
 def test_the_daemons_workers_end_quietly_only_where_the_jvm_closed_their_socket():
     from sparkdl_daemon import quiet
 

@@ -60,8 +60,7 @@ def small_rows(entry):
     puts the DataFrame at SMALL_BYTES or less; else None. Such a table is a few MB: it takes 0.07-0.1 s to collect
     against 0.16-0.24 s for the Spark pass, and 0.4 s against 1.3 s in an application's first fit (the JVM's
     first Arrow stage and shuffle)."""
-    from .data import X, Y
-    df = entry.prepared.select(X, Y)
+    df = entry.prepared   # the columns data.X and data.Y
     if not df.sparkSession.sparkContext.master.startswith("local"):
         return None
     try:

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import fs
-from .data import task_errors
+from .data import ORDER, task_errors
 
 _CACHE = {}  # path -> (x, y), per Python worker; a new fit writes new paths
 
@@ -77,9 +77,9 @@ def export(entry, export_dir, label_dtype):
                               names=["partition", "path", "meta"])
 
     with task_errors():
-        out = _direct(entry, write)
-        if out is None:
-            out = _collected(entry, write)
+        out = None
+        if ORDER in entry.laid_out.columns:   # rows dealt anew (not Spark's partitions as they are): read another way
+            out = _direct(entry, write) or _collected(entry, write)
         if out is None:
             out = entry.laid_out.mapInArrow(write_partition, "partition int, path string, meta string").collect()
     out = sorted(out, key=lambda r: r[0])
@@ -92,9 +92,6 @@ def _direct(entry, write):
     """[(partition, path, meta)] from tasks that read the Parquet files behind ``entry.source`` themselves, or
     None where they cannot (sparkdl.spark.direct)."""
     from . import direct
-    from .data import ORDER
-    if ORDER not in entry.laid_out.columns:   # partitions used as they are: Spark's
-        return None
     files = direct.files_for(entry)
     if files is None:
         return None
@@ -122,9 +119,6 @@ def _collected(entry, write):
     """[(partition, path, meta)] written on the driver from the rows of a small DataFrame collected there (dealt
     every ``workers``-th row, as the direct read deals them), or None (sparkdl.spark.direct.small_rows)."""
     from . import direct
-    from .data import ORDER
-    if ORDER not in entry.laid_out.columns:
-        return None
     table = direct.small_rows(entry)
     if table is None:
         return None

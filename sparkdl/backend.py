@@ -97,18 +97,15 @@ def resolve(backend="auto", gpus=(), local=False):
     return "numpy"
 
 
-_BLAS = []  # a threadpoolctl ThreadpoolController, made on first use ([None] without threadpoolctl)
-
-
 def _blas():
-    """threadpoolctl's ThreadpoolController, made on first use (None without threadpoolctl)."""
-    if not _BLAS:
-        try:
-            from threadpoolctl import ThreadpoolController
-            _BLAS.append(ThreadpoolController())
-        except ImportError:
-            _BLAS.append(None)
-    return _BLAS[0]
+    """A threadpoolctl ThreadpoolController of the BLAS libraries loaded now (None without threadpoolctl); made
+    anew each time (3 ms), as a library loaded later (scikit-learn's SciPy brings its own OpenBLAS) is missing
+    from one made before."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
 
 
 def blas_threads(n):

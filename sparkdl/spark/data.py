@@ -32,8 +32,8 @@ def column_name(features_col):
 
 
 def features_expr(df, features_col, role="DataFrame"):
-    """A Column of array<float> for ``features_col`` (a column name or a list of numeric column names)."""
-    from pyspark.sql import functions as F
+    """array<float> of ``features_col`` (a column name or a list of numeric column names): a SQL expression, or a
+    Column where the features are Spark ML vectors (no SQL function converts them)."""
     from pyspark.sql.types import ArrayType, NumericType
 
     cols = _columns(features_col)
@@ -47,18 +47,24 @@ def features_expr(df, features_col, role="DataFrame"):
                if not isinstance(df.schema[c].dataType, NumericType)]
         if bad:
             raise DataError(role, column_name(cols), f"feature columns must be numeric; found {bad}")
-        return F.array(*[F.col(c).cast("float") for c in cols])
+        return f"array({', '.join(f'CAST({_quoted(c)} AS float)' for c in cols)})"
     c = cols[0]
     dt = df.schema[c].dataType
     if _is_vector(dt):   # converted only where not null: the conversion fails on a null vector
         from pyspark.ml.functions import vector_to_array
-        return F.when(F.col(c).isNotNull(), vector_to_array(F.col(c), "float32"))
+        from pyspark.sql import functions as F
+        return F.when(F.col(_quoted(c)).isNotNull(), vector_to_array(F.col(_quoted(c)), "float32"))
     if isinstance(dt, ArrayType) and isinstance(dt.elementType, NumericType):
-        return F.col(c).cast("array<float>")
+        return f"CAST({_quoted(c)} AS array<float>)"
     if isinstance(dt, NumericType):
-        return F.array(F.col(c).cast("float"))
+        return f"array(CAST({_quoted(c)} AS float))"
     raise DataError(role, c, f"must be a Spark ML vector, an array of numbers or numeric; found type "
                              f"{_type_name(dt)}")
+
+
+def _quoted(name):
+    """A column name as SQL reads it literally (dots and all)."""
+    return "`" + name.replace("`", "``") + "`"
 
 
 def _is_vector(dt):
@@ -77,23 +83,27 @@ def features_are_floats(df, features_col):
 
 
 def label_expr(df, label_col, role="DataFrame"):
-    from pyspark.sql import functions as F
+    """The label as double: a SQL expression."""
     from pyspark.sql.types import NumericType
     if label_col not in df.columns:
         raise DataError(role, label_col, f"no such column; the DataFrame's columns are {df.columns}")
     dt = df.schema[label_col].dataType
     if not isinstance(dt, NumericType):
         raise DataError(role, label_col, f"labels must be numeric; found type {_type_name(dt)}")
-    return F.col(label_col).cast("double")
+    return f"CAST({_quoted(label_col)} AS double)"
 
 
 def prepare(df, features_col, label_col=None, keep=False, role="DataFrame"):
     """The DataFrame with the prepared columns X (array<float>) and Y (double), plus the original ones if
-    ``keep`` (prediction passes them through)."""
-    cols = [features_expr(df, features_col, role).alias(X)]
-    if label_col is not None:
-        cols.append(label_expr(df, label_col, role).alias(Y))
-    return df.select(*(["*"] if keep else []), *cols)
+    ``keep`` (prediction passes them through). Written in SQL where it can be: pyspark wraps every call on a
+    Column to capture its call site (three calls to the JVM each, and IPython imported at the first where it is
+    installed: 0.1-0.5 s of an application's first fit)."""
+    x = features_expr(df, features_col, role)
+    cols = [] if label_col is None else [f"{label_expr(df, label_col, role)} AS {Y}"]
+    if isinstance(x, str):
+        return df.selectExpr(*(["*"] if keep else []), f"{x} AS {X}", *cols)
+    from pyspark.sql import functions as F
+    return df.select(*(["*"] if keep else []), x.alias(X), *(F.expr(c) for c in cols))
 
 
 def _example(prepared, condition, features_col, label_col):

@@ -1,14 +1,15 @@
-"""A fit's shards read straight from Parquet files, where the DataFrame is a plain scan of local ones, or from
-its rows collected on the driver, where it is small.
+"""A fit's shards written on the driver, from the Parquet files of a plain scan of local ones or from the rows of
+a small DataFrame, where the master is local.
 
 The one Spark pass of a fit (sparkdl.spark.shards.export) has the JVM write every cached value into Arrow on its
 own: 3-4 s for MNIST's 47 million floats on two cores. Where the DataFrame is nothing but a scan of local Parquet
 files (``spark.read.parquet(path)``, cached or not, with columns selected at most: no filter, no expression, no
-partition columns) and the master is local, each worker's task reads the files itself with pyarrow instead and
-keeps every ``workers``-th row (rows in file order, files in path order), as a repartition deals them round-robin.
-The rows go through the same conversion and checks as in the Spark pass (``prepared.checked_partition``).
-A task that finds the files other than the plan said (a column missing or of another type) says so, and the fit
-takes the Spark pass.
+partition columns) and the master is local, the driver reads the files with pyarrow instead, converts and checks
+the rows once as the Spark pass checks a partition (``prepared.checked_partition``), and deals every
+``workers``-th row to each worker (rows in file order, files in path order), as a repartition deals them
+round-robin. (Before, each worker's task read the files itself: it decoded every row to keep its share, twice the
+work on two workers, after the workers' start instead of beside it.) Where the files are other than the
+plan said (a column missing or of another type), the fit takes the Spark pass.
 """
 import logging
 
@@ -29,27 +30,72 @@ def files_for(entry):
     return parquet_files(df)
 
 
-def read_on_driver(entry):
-    """(x, y) of ``entry``'s rows, checked as the Spark pass checks them (``Entry.check`` raises what is wrong),
-    read on the driver from the files ``files_for`` gives, or collected there where the DataFrame is small
-    (``small_rows``); None otherwise. A barrier fit's validation data."""
-    from .prepared import checked_partition
+def arrays_on_driver(entry, workers=1):
+    """For each of ``workers`` workers, (x, y, meta) of every ``workers``-th row of ``entry``'s rows from its own,
+    converted and checked on the driver as the Spark pass checks a partition (``prepared.checked_partition``: x
+    and y None where something is wrong, the first worker's meta saying what): read from the files ``files_for``
+    gives, else collected where the DataFrame is small (``small_rows``). None where neither (the Spark pass).
+    Each batch is dealt as it is decoded into the workers' arrays, allocated once (fresh memory is slow to touch:
+    dealing Arrow batches and converting each worker's took twice the time)."""
+    import numpy as np
+
+    from ..errors import DataError
+    from .data import batch_to_numpy
+    from .prepared import label_problem
+    c = entry.checks
+    got = _rows(entry)
+    if got is None:
+        return None
+    batches, n = got
+    sizes = [len(range(w, n, workers)) for w in range(workers)]
+    xs, ys = [np.empty((k, c["n_features"]), np.float32) for k in sizes], [np.empty(k) for k in sizes]
+    found, problem, at = {}, None, 0
+    try:
+        for b in batches:
+            x, y = batch_to_numpy(b, c["n_features"], found=found)
+            for w in range(workers):
+                first = (w - at) % workers
+                i, k = (at + first - w) // workers, len(range(first, len(x), workers))
+                xs[w][i:i + k], ys[w][i:i + k] = x[first::workers], y[first::workers]
+            at += len(x)
+    except DataError as e:   # as in checked_partition: no rows counted
+        problem, at = str(e), 0
+    else:
+        problem = f"{at} rows read where the files' footers said {n}" if at != n else next(
+            filter(None, (label_problem(y, c["loss_kind"], c["num_classes"]) for y in ys)), None)
+    if problem is not None or found:
+        meta = {"rows": at, "problem": problem, "found": found}
+        return [(None, None, meta)] + [(None, None, {"rows": 0, "problem": None, "found": {}})] * (workers - 1)
+    return [(x, y, {"rows": len(x), "problem": None, "found": {}}) for x, y in zip(xs, ys)]
+
+
+def _rows(entry):
+    """(Arrow batches of the prepared columns (data.X, data.Y) of ``entry``'s rows in order, on the driver; their
+    count), or None (see ``arrays_on_driver``)."""
     c = entry.checks
     files = files_for(entry)
-    if files is None:
-        table = small_rows(entry)
-        if table is None:
-            return None
-        batches, how = table.to_batches(), f"{table.num_rows} rows collected on the driver"
-    else:
-        batches = read_rows(files, c["features_col"], c["label_col"], 0, 1)
-        how = f"{len(files)} Parquet file(s) read on the driver"
-    try:
-        x, y, meta = checked_partition(batches, c["n_features"], c["loss_kind"], c["num_classes"])
-    except Unreadable as e:
-        log.info("sparkdl: the Parquet files could not be read directly (%s): a Spark pass instead", e)
+    if files is not None:
+        try:
+            got = read_batches(files, c["features_col"], c["label_col"])
+        except Unreadable as e:
+            log.info("sparkdl: the Parquet files could not be read directly (%s)", e)
+        else:
+            log.info("sparkdl: the %s's %d Parquet file(s) read on the driver", c["what"], len(files))
+            return got
+    table = small_rows(entry)
+    if table is None:
         return None
-    log.info("sparkdl: the %s's %s", c["what"], how)
+    log.info("sparkdl: the %d rows of a small %s collected on the driver", table.num_rows, c["what"])
+    return iter(table.to_batches()), table.num_rows
+
+
+def read_on_driver(entry):
+    """(x, y) of ``entry``'s rows from ``arrays_on_driver``, or None; ``Entry.check`` raises what is wrong. A
+    barrier fit's validation data."""
+    got = arrays_on_driver(entry)
+    if got is None:
+        return None
+    x, y, meta = got[0]
     entry.check([meta])
     return x, y
 
@@ -68,13 +114,6 @@ def small_rows(entry):
     except Exception:   # not a classic (py4j) DataFrame
         return None
     return df.toArrow() if size <= SMALL_BYTES else None
-
-
-def dealt(table, worker, workers):
-    """Arrow batches of every ``workers``-th row of ``table`` from row ``worker``, as ``read_rows`` deals them."""
-    import numpy as np
-    import pyarrow as pa
-    return table.take(pa.array(np.arange(worker, table.num_rows, workers))).to_batches()
 
 
 def parquet_files(df):
@@ -115,16 +154,15 @@ def column_types_fit(df, features_col, label_col):
             and isinstance(y, T.NumericType) and not isinstance(y, T.DecimalType))
 
 
-def read_rows(files, features_col, label_col, worker, workers):
-    """Arrow batches of the prepared columns (data.X, data.Y) holding every ``workers``-th row of ``files`` from
-    row ``worker``; raises Unreadable where the files do not hold the columns as expected."""
-    import numpy as np
+def read_batches(files, features_col, label_col):
+    """(Arrow batches of the prepared columns (data.X, data.Y) of the rows of ``files`` in order, their count from
+    the footers); raises Unreadable at once where the files do not hold the columns as expected (their footers are read first)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from .. import fs
     from .data import X, Y
-    at = 0   # the global index of the next row
+    opened = []
     for path in files:
         pf = pq.ParquetFile(fs.local_path(path))
         names = {n.lower(): n for n in pf.schema_arrow.names}   # Spark matches column names case-insensitively
@@ -135,13 +173,10 @@ def read_rows(files, features_col, label_col, worker, workers):
         if not (pa.types.is_list(xtype) and xtype.value_type in (pa.float32(), pa.float64())) or not (
                 pa.types.is_integer(ytype) or pa.types.is_floating(ytype)):
             raise Unreadable(f"{path} holds {cols[0]} as {xtype} and {cols[1]} as {ytype}")
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=cols, use_threads=False):
-            first = (worker - at) % workers
-            at += batch.num_rows
-            if first >= batch.num_rows:
-                continue
-            mine = batch.take(pa.array(np.arange(first, batch.num_rows, workers)))
-            yield pa.record_batch([mine.column(0), mine.column(1).cast(pa.float64())], names=[X, Y])
+        opened.append((pf, cols))
+    return ((pa.record_batch([b.column(0), b.column(1).cast(pa.float64())], names=[X, Y])
+             for pf, cols in opened for b in pf.iter_batches(batch_size=BATCH_ROWS, columns=cols, use_threads=False)),
+            sum(pf.metadata.num_rows for pf, _ in opened))
 
 
 class Unreadable(Exception):

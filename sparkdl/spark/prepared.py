@@ -50,7 +50,7 @@ class Entry:
         self.app = source.sparkSession.sparkContext.applicationId
         self.hash = source.semanticHash()
         self.kept = False
-        self.frame = self.arrays = self.shards = self.rows = None
+        self.frame = self.arrays = self.shards = self.rows = self.dealt = None
         self._dirs = []
 
     @property
@@ -62,6 +62,14 @@ class Entry:
         if self.frame is None:
             self.frame, self.rows = _pack(self)
         return self.frame
+
+    def read_ahead(self):
+        """Where the shards will be written on the driver, read their rows there now (``dealt``: per worker, its
+        arrays; False where they cannot be read so: sparkdl.spark.direct.arrays_on_driver), so that the read goes
+        on beside the start of the Python workers."""
+        if not self.ready and self.dealt is None and data.ORDER in self.laid_out.columns:
+            from . import direct
+            self.dealt = direct.arrays_on_driver(self, self.workers) or False
 
     def files(self, shards, *dirs):
         """Shard files [(path, rows)] of this data (sparkdl.spark.jobs.exported), in ``dirs`` (removed on release)."""
@@ -84,7 +92,7 @@ class Entry:
                 fs.remove_dir(d)
             except OSError:
                 log.warning("sparkdl: could not remove the shard directory %s", d, exc_info=True)
-        self.frame = self.arrays = self.shards = None
+        self.frame = self.arrays = self.shards = self.dealt = None
         self._dirs = []
 
     def describe(self):

@@ -68,9 +68,7 @@ def warm_workers(sc, n):
 
 
 def _imports(_):
-    """What a fit's first tasks import (the Parquet reader, the checks, the shards)."""
-    import pyarrow.parquet  # noqa: F401
-
+    """What a fit's first tasks import (the checks, the shards)."""
     import sparkdl.spark.prepared  # noqa: F401
     import sparkdl.spark.shards  # noqa: F401
     return []

@@ -30,18 +30,24 @@ def read_shard(path, input_shape, xp=np):
     local = fs.local_path(path)
     source = pa.memory_map(local) if local else fs.open_input(path)
     table = pa.ipc.open_file(source).read_all()
-    xs = table.column("x")
     # one chunk (write_shard writes one batch): its memory map as it is; combine_chunks copies even one chunk
-    xs = xs.chunk(0) if xs.num_chunks == 1 else xs.combine_chunks()
+    xs, ys = (c.chunk(0) if c.num_chunks == 1 else c.combine_chunks() for c in (table.column("x"), table.column("y")))
     d = xs.type.list_size
-    x = xs.flatten().to_numpy(zero_copy_only=False).reshape((len(xs),) + tuple(input_shape))
+    x = _view(xs.flatten()).reshape((len(xs),) + tuple(input_shape))
     assert x.shape[1:] and int(np.prod(x.shape[1:])) == d
-    y = table.column("y").to_numpy()
+    y = _view(ys)
     if xp is not np:
         x, y = xp.asarray(x), xp.asarray(y)
     _CACHE.clear()  # keep one shard per process: a worker reads the same shard every round
     _CACHE[(path, xp.__name__)] = (x, y)
     return x, y
+
+
+def _view(array):
+    """A numpy view of a primitive Arrow array without nulls, as write_shard writes them (``Array.to_numpy``
+    imports pandas: 0.2-0.3 s of a Python worker's first fit)."""
+    dtype = np.dtype(array.type.to_pandas_dtype())
+    return np.frombuffer(array.buffers()[1], dtype, len(array), array.offset * dtype.itemsize)
 
 
 def new_export_dir(base):
@@ -54,16 +60,17 @@ def new_export_dir(base):
 def export(entry, export_dir, label_dtype):
     """Write each partition of ``entry.laid_out`` (sparkdl.spark.prepared: columns X, Y) as one shard, checking
     it on the way (``Entry.check`` raises what is wrong, the directory then left empty); returns [(path, rows)] by
-    partition. Where the DataFrame is a plain scan of local Parquet files on a local master, the tasks read the
-    files themselves; where it is small, its rows are collected and the shards written on the driver
-    (sparkdl.spark.direct)."""
+    partition. Where the DataFrame is a plain scan of local Parquet files on a local master, or small there, the
+    driver reads its rows and writes the shards (sparkdl.spark.direct)."""
     from pyspark import TaskContext
     n_features, kind, classes = (entry.checks[k] for k in ("n_features", "loss_kind", "num_classes"))
 
     def write(batches, pid):
-        from sparkdl.dist.spill import trim_heap
         from sparkdl.spark.prepared import checked_partition
-        x, y, meta = checked_partition(batches, n_features, kind, classes)
+        return store(*checked_partition(batches, n_features, kind, classes), pid)
+
+    def store(x, y, meta, pid):
+        from sparkdl.dist.spill import trim_heap
         path = fs.join(export_dir, f"shard-{pid:05d}.arrow")
         if x is not None:
             write_shard(path, x, y.astype(label_dtype))
@@ -79,7 +86,7 @@ def export(entry, export_dir, label_dtype):
     with task_errors():
         out = None
         if ORDER in entry.laid_out.columns:   # rows dealt anew (not Spark's partitions as they are): read another way
-            out = _direct(entry, write) or _collected(entry, write)
+            out = _on_driver(entry, store)
         if out is None:
             out = entry.laid_out.mapInArrow(write_partition, "partition int, path string, meta string").collect()
     out = sorted(out, key=lambda r: r[0])
@@ -88,40 +95,18 @@ def export(entry, export_dir, label_dtype):
     return [(r[1], m["rows"]) for r, m in zip(out, metas)]
 
 
-def _direct(entry, write):
-    """[(partition, path, meta)] from tasks that read the Parquet files behind ``entry.source`` themselves, or
-    None where they cannot (sparkdl.spark.direct)."""
+def _on_driver(entry, store):
+    """[(partition, path, meta)] of shards written on the driver from the rows it read or collected, dealt every
+    ``workers``-th row (sparkdl.spark.direct.arrays_on_driver; or read ahead: ``Entry.read_ahead``), or None."""
     from . import direct
-    files = direct.files_for(entry)
-    if files is None:
+    dealt = direct.arrays_on_driver(entry, entry.workers) if entry.dealt is None else entry.dealt
+    entry.dealt = None
+    if not dealt:
         return None
-    sc = entry.source.sparkSession.sparkContext
-    workers, x_col, y_col = entry.workers, entry.checks["features_col"], entry.checks["label_col"]
-
-    def task(index, _):
-        from sparkdl.spark.direct import Unreadable, read_rows
-        try:
-            yield write(read_rows(files, x_col, y_col, index, workers), index)
-        except Unreadable as e:
-            yield index, None, json.dumps({"unreadable": str(e)})
-
-    out = sc.parallelize(range(workers), workers).mapPartitionsWithIndex(task).collect()
-    unreadable = [why for why in (json.loads(m).get("unreadable") for _, _, m in out) if why]
-    if unreadable:
-        direct.log.info("sparkdl: the Parquet files could not be read directly (%s): a Spark pass instead",
-                        unreadable[0])
-        return None
-    direct.log.info("sparkdl: %d Parquet file(s) read directly by the %d workers", len(files), workers)
+    out = []
+    for w in range(len(dealt)):
+        x, y, meta = dealt[w]
+        dealt[w] = None   # let go once written
+        out.append(store(x, y, meta, w))
+        del x, y
     return out
-
-
-def _collected(entry, write):
-    """[(partition, path, meta)] written on the driver from the rows of a small DataFrame collected there (dealt
-    every ``workers``-th row, as the direct read deals them), or None (sparkdl.spark.direct.small_rows)."""
-    from . import direct
-    table = direct.small_rows(entry)
-    if table is None:
-        return None
-    direct.log.info("sparkdl: the %d rows of a small %s collected on the driver", table.num_rows,
-                    entry.checks["what"])
-    return [write(direct.dealt(table, w, entry.workers), w) for w in range(entry.workers)]

@@ -15,13 +15,6 @@ from .values import find_bad_values, show as _show
 
 X, Y = "__sparkdl_x", "__sparkdl_y"   # the prepared columns
 ORDER = "__sparkdl_order"   # where present, a partition's rows are put in the order of this key (ParameterAveraging.workers_for)
-NUMERIC = ("byte", "short", "int", "long", "float", "double", "decimal")
-
-
-def _type_name(dt):
-    return dt.simpleString()
-
-
 def _columns(features_col):
     return [features_col] if isinstance(features_col, str) else list(features_col)
 
@@ -43,7 +36,7 @@ def features_expr(df, features_col, role="DataFrame"):
         if c not in df.columns:
             raise DataError(role, c, f"no such column; the DataFrame's columns are {df.columns}")
     if len(cols) > 1:
-        bad = [(c, _type_name(df.schema[c].dataType)) for c in cols
+        bad = [(c, df.schema[c].dataType.simpleString()) for c in cols
                if not isinstance(df.schema[c].dataType, NumericType)]
         if bad:
             raise DataError(role, column_name(cols), f"feature columns must be numeric; found {bad}")
@@ -59,7 +52,7 @@ def features_expr(df, features_col, role="DataFrame"):
     if isinstance(dt, NumericType):
         return f"array(CAST({_quoted(c)} AS float))"
     raise DataError(role, c, f"must be a Spark ML vector, an array of numbers or numeric; found type "
-                             f"{_type_name(dt)}")
+                             f"{dt.simpleString()}")
 
 
 def _quoted(name):
@@ -89,7 +82,7 @@ def label_expr(df, label_col, role="DataFrame"):
         raise DataError(role, label_col, f"no such column; the DataFrame's columns are {df.columns}")
     dt = df.schema[label_col].dataType
     if not isinstance(dt, NumericType):
-        raise DataError(role, label_col, f"labels must be numeric; found type {_type_name(dt)}")
+        raise DataError(role, label_col, f"labels must be numeric; found type {dt.simpleString()}")
     return f"CAST({_quoted(label_col)} AS double)"
 
 

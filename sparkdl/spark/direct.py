@@ -69,6 +69,15 @@ def arrays_on_driver(entry, workers=1):
     return [(x, y, {"rows": len(x), "problem": None, "found": {}}) for x, y in zip(xs, ys)]
 
 
+def read_ahead(entry):
+    """Where ``entry``'s shards will be written on the driver, read their rows there now (``Entry.dealt``: per
+    worker, its arrays; False where they cannot be read so), so that the read goes on beside the start of the
+    Python workers (sparkdl.spark.shards.export writes them)."""
+    from .data import ORDER
+    if not entry.ready and entry.dealt is None and ORDER in entry.laid_out.columns:
+        entry.dealt = arrays_on_driver(entry, entry.workers) or False
+
+
 def _rows(entry):
     """(Arrow batches of the prepared columns (data.X, data.Y) of ``entry``'s rows in order, on the driver; their
     count), or None (see ``arrays_on_driver``)."""

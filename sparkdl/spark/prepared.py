@@ -63,14 +63,6 @@ class Entry:
             self.frame, self.rows = _pack(self)
         return self.frame
 
-    def read_ahead(self):
-        """Where the shards will be written on the driver, read their rows there now (``dealt``: per worker, its
-        arrays; False where they cannot be read so: sparkdl.spark.direct.arrays_on_driver), so that the read goes
-        on beside the start of the Python workers."""
-        if not self.ready and self.dealt is None and data.ORDER in self.laid_out.columns:
-            from . import direct
-            self.dealt = direct.arrays_on_driver(self, self.workers) or False
-
     def files(self, shards, *dirs):
         """Shard files [(path, rows)] of this data (sparkdl.spark.jobs.exported), in ``dirs`` (removed on release)."""
         self.shards, self.rows = shards, sum(rows for _, rows in shards)

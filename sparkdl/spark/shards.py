@@ -97,7 +97,7 @@ def export(entry, export_dir, label_dtype):
 
 def _on_driver(entry, store):
     """[(partition, path, meta)] of shards written on the driver from the rows it read or collected, dealt every
-    ``workers``-th row (sparkdl.spark.direct.arrays_on_driver; or read ahead: ``Entry.read_ahead``), or None."""
+    ``workers``-th row (sparkdl.spark.direct.arrays_on_driver, or ``read_ahead``), or None."""
     from . import direct
     dealt = direct.arrays_on_driver(entry, entry.workers) if entry.dealt is None else entry.dealt
     entry.dealt = None

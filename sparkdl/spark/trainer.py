@@ -82,7 +82,7 @@ class SparkTrainer:
                 marks["checked"] = time.time()
             entries.append(entry)
             if warm is not None:   # its tasks would count as busy slots: mode="auto" would choose jobs mode
-                entry.read_ahead()   # meanwhile, where the driver writes the shards (sparkdl.spark.direct)
+                direct.read_ahead(entry)   # meanwhile, where the driver writes the shards
                 warm.join()
             mode, reason = master.choose_mode(df.sparkSession.sparkContext, entry.workers)
             if validation_df is not None:

@@ -114,15 +114,15 @@ def _shape_of(df, features_col, label_col, who):
     """(the features length of the first row, the number of classes or None where ``label_col`` is None): the
     classes from the label's ML attribute (StringIndexer writes it), else max label + 1, at least 2. One Spark
     job: a small one for the length alone, one pass over the rows where the labels' maximum is needed too."""
-    from pyspark.sql import functions as F
     role = "training DataFrame"
     classes = None if label_col is None else _nominal_classes(df, label_col)
+    # SQL, not Column calls (sparkdl.spark.data.prepare says why)
     if label_col is None or classes is not None:
-        row = data.prepare(df, features_col, role=role).select(F.size(data.X)).first()
+        row = data.prepare(df, features_col, role=role).selectExpr(f"size({data.X})").first()
         rows, length = (0, None) if row is None else (1, row[0])
     else:
         prepared = data.prepare(df, features_col, label_col, role=role)
-        rows, length, top = prepared.agg(F.count(F.lit(1)), F.first(F.size(data.X)), F.max(data.Y)).first()
+        rows, length, top = prepared.selectExpr("count(1)", f"first(size({data.X}))", f"max({data.Y})").first()
         if rows and top is None:
             raise ValueError(f"{who}: Param labelCol: column {label_col!r} holds no labels")
         classes = None if top is None else int(top) + 1

@@ -181,8 +181,7 @@ def validate(prepared, n_features, loss_kind=None, num_classes=None, features_co
 def check_sample(prepared, n_features, features_col, what, rows=16, column=X):
     """The first ``rows`` rows' features (a cheap job: Spark reads only what it needs): for prediction, whose
     DataFrame is not scanned before the user's own action."""
-    from pyspark.sql import functions as F
-    sizes = [r[0] for r in prepared.select(F.size(F.col(column))).limit(rows).collect()]
+    sizes = [r[0] for r in prepared.selectExpr(f"size({_quoted(column)})").limit(rows).collect()]
     fc = column_name(features_col)
     nulls = sum(1 for v in sizes if v is None or v < 0)
     if nulls:

@@ -15,6 +15,8 @@ from .values import find_bad_values, show as _show
 
 X, Y = "__sparkdl_x", "__sparkdl_y"   # the prepared columns
 ORDER = "__sparkdl_order"   # where present, a partition's rows are put in the order of this key (ParameterAveraging.workers_for)
+
+
 def _columns(features_col):
     return [features_col] if isinstance(features_col, str) else list(features_col)
 
@@ -91,12 +93,11 @@ def prepare(df, features_col, label_col=None, keep=False, role="DataFrame"):
     ``keep`` (prediction passes them through). Written in SQL where it can be: pyspark wraps every call on a
     Column to capture its call site (three calls to the JVM each, and IPython imported at the first where it is
     installed: 0.1-0.5 s of an application's first fit)."""
-    x = features_expr(df, features_col, role)
+    x, kept = features_expr(df, features_col, role), ["*"] if keep else []
     cols = [] if label_col is None else [f"{label_expr(df, label_col, role)} AS {Y}"]
     if isinstance(x, str):
-        return df.selectExpr(*(["*"] if keep else []), f"{x} AS {X}", *cols)
-    from pyspark.sql import functions as F
-    return df.select(*(["*"] if keep else []), x.alias(X), *(F.expr(c) for c in cols))
+        return df.selectExpr(*kept, f"{x} AS {X}", *cols)
+    return df.select("*", x.alias(X)).selectExpr(*(kept or [X]), *cols)   # a Column: Spark ML vectors
 
 
 def _example(prepared, condition, features_col, label_col):

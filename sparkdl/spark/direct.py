@@ -165,7 +165,8 @@ def column_types_fit(df, features_col, label_col):
 
 def read_batches(files, features_col, label_col):
     """(Arrow batches of the prepared columns (data.X, data.Y) of the rows of ``files`` in order, their count from
-    the footers); raises Unreadable at once where the files do not hold the columns as expected (their footers are read first)."""
+    the footers); raises Unreadable at once (the footers are read first) where the files do not hold the columns
+    as expected."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -97,15 +97,23 @@ def resolve(backend="auto", gpus=(), local=False):
     return "numpy"
 
 
+_BLAS = []   # [len(sys.modules) when it was made, a threadpoolctl ThreadpoolController or None]
+
+
 def _blas():
-    """A threadpoolctl ThreadpoolController of the BLAS libraries loaded now (None without threadpoolctl); made
-    anew each time (3 ms), as a library loaded later (scikit-learn's SciPy brings its own OpenBLAS) is missing
-    from one made before."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return None
-    return ThreadpoolController()
+    """threadpoolctl's ThreadpoolController of the BLAS libraries loaded (None without threadpoolctl), made again
+    once modules were imported since the last: one made before a library was loaded (scikit-learn's SciPy brings
+    its own OpenBLAS) does not limit it, and making one takes 3 ms, too much for every step of a model that trains
+    on several threads (sparkdl.nn.replicas)."""
+    import sys
+    if not _BLAS or _BLAS[0] != len(sys.modules):
+        try:
+            from threadpoolctl import ThreadpoolController
+            controller = ThreadpoolController()
+        except ImportError:
+            controller = None
+        _BLAS[:] = [len(sys.modules), controller]
+    return _BLAS[1]
 
 
 def blas_threads(n):

@@ -216,3 +216,60 @@ def test_a_barrier_fits_validation_parquet_is_read_on_the_driver(spark, tmp_path
         assert len(val_read) == 1 and "Parquet file(s) read" in val_read[0], read
     else:
         assert len(val_read) == 2 and "Parquet file(s) read" in val_read[0] and "collected" in val_read[1], read
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("case", [None, "nan feature", "label not a class"])
+def test_an_applications_first_fit_reads_its_files_from_its_start(spark, tmp_path, monkeypatch, case):
+    """An application's first fit starts reading its files before its plan is analysed (direct.Early, handed over
+    by read_ahead): the same weights, or the same DataError word for word, as the read after the analysis."""
+    import threading
+
+    from sparkdl.spark import direct, prepared, trainer as trainer_module
+    features, labels = BAD[case] if case else ([[1.0, 0.0]], [2])
+    df = spark.read.parquet(write(tmp_path / "p", [table([[0.25, 0.5], [0.5, -0.25]] * 6 + features,
+                                                         [0, 1] * 6 + labels)]))
+    taken = []
+    take = direct.Early.take
+    monkeypatch.setattr(direct.Early, "take", lambda self, *a: taken.append(take(self, *a)) or taken[-1])
+    outcomes = []
+    for first in (False, True):
+        def started(sc, n):   # as on an application's first fit: a thread that started the workers (or None)
+            t = threading.Thread(target=lambda: None)
+            t.start()
+            return t if first else None
+        monkeypatch.setattr(trainer_module, "warm_workers", started)
+        prepared.release(df)   # nothing kept from the other fit
+        t = trainer("barrier")
+        try:
+            t.fit(df, epochs=2, verbose=0)
+            outcomes.append(t.model.get_flat_params())
+        except DataError as e:
+            outcomes.append(str(e))
+    assert len(taken) == 1 and taken[0]   # the first fit's rows came from the early read
+    if case is None:
+        np.testing.assert_array_equal(outcomes[0], outcomes[1])
+    else:
+        assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.spark
+def test_an_early_read_not_wanted_is_stopped_and_its_errors_reach_the_fit(spark, tmp_path, monkeypatch):
+    from sparkdl.spark import direct
+    df = spark.read.parquet(write(tmp_path / "p", [table([[0.25, 0.5]] * 5000, [0, 1] * 2500)], row_group_size=100))
+    checks = trainer()._checks("features", "label", "training DataFrame")
+    early = direct.Early.start(df, checks, 2)
+    assert early.take(checks, 3) is None and not early._thread.is_alive()   # laid out for 3 workers: not these
+    early = direct.Early.start(df, checks, 2)
+    (x0, y0, m0), (x1, y1, m1) = early.take(checks, 2)
+    assert (len(x0), len(x1), m0["rows"], m0["problem"]) == (2500, 2500, 2500, None) and (y0 == 0).all()
+    early = direct.Early.start(df, checks, 2)
+    early.stop()
+    assert not early._thread.is_alive()
+    assert direct.Early.start(df.where("label > 0"), checks, 2) is None   # not a plain scan
+
+    def broken(*a):
+        raise OSError("disk gone")
+    monkeypatch.setattr(direct, "deal", broken)
+    with pytest.raises(OSError, match="disk gone"):
+        direct.Early.start(df, checks, 2).take(checks, 2)

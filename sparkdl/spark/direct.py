@@ -20,10 +20,9 @@ BATCH_ROWS = 1024     # rows decoded at a time: the reader holds a few batches (
 SMALL_BYTES = 32 << 20   # a DataFrame Spark's plan puts at no more than this is collected through the driver
 
 
-def files_for(entry):
-    """The local Parquet files behind ``entry.source`` (sparkdl.spark.prepared) where its tasks, or the driver,
-    may read them themselves: a plain scan on a local master, features and label of types read as Spark does."""
-    checks, df = entry.checks, entry.source
+def files_for(df, checks):
+    """The local Parquet files behind ``df`` where the driver may read them itself: a plain scan on a local master,
+    features and label (``checks``: sparkdl.spark.prepared) of types read as Spark does; else None."""
     if not df.sparkSession.sparkContext.master.startswith("local") \
             or not column_types_fit(df, checks["features_col"], checks["label_col"]):
         return None
@@ -32,21 +31,23 @@ def files_for(entry):
 
 def arrays_on_driver(entry, workers=1):
     """For each of ``workers`` workers, (x, y, meta) of every ``workers``-th row of ``entry``'s rows from its own,
-    converted and checked on the driver as the Spark pass checks a partition (``prepared.checked_partition``: x
-    and y None where something is wrong, the first worker's meta saying what): read from the files ``files_for``
-    gives, else collected where the DataFrame is small (``small_rows``). None where neither (the Spark pass).
-    Each batch is dealt as it is decoded into the workers' arrays, allocated once (fresh memory is slow to touch:
-    dealing Arrow batches and converting each worker's took twice the time)."""
+    converted and checked on the driver (``deal``): read from the files ``files_for`` gives, else collected where
+    the DataFrame is small (``small_rows``). None where neither (the Spark pass)."""
+    got = _rows(entry)
+    return None if got is None else deal(*got, entry.checks, workers)
+
+
+def deal(batches, n, c, workers):
+    """For each of ``workers`` workers, (x, y, meta) of every ``workers``-th row of the ``n`` rows of Arrow
+    ``batches`` (the prepared columns), converted and checked as the Spark pass checks a partition
+    (``prepared.checked_partition``, against the checks ``c``: x and y None where something is wrong, the first
+    worker's meta saying what). Each batch is dealt as it is decoded into the workers' arrays, allocated once
+    (fresh memory is slow to touch: dealing Arrow batches and converting each worker's took twice the time)."""
     import numpy as np
 
     from ..errors import DataError
     from .data import batch_to_numpy
     from .prepared import label_problem
-    c = entry.checks
-    got = _rows(entry)
-    if got is None:
-        return None
-    batches, n = got
     sizes = [len(range(w, n, workers)) for w in range(workers)]
     xs, ys = [np.empty((k, c["n_features"]), np.float32) for k in sizes], [np.empty(k) for k in sizes]
     found, problem, at = {}, None, 0
@@ -69,32 +70,83 @@ def arrays_on_driver(entry, workers=1):
     return [(x, y, {"rows": len(x), "problem": None, "found": {}}) for x, y in zip(xs, ys)]
 
 
-def read_ahead(entry):
+class Early:
+    """The rows of a plain scan of local Parquet files, read and dealt to ``workers`` workers (``deal``) in a
+    thread that starts as an application's first fit begins, beside the analysis of the fit's plan
+    (data.prepare: 0.25 s in a fresh JVM) and the Python workers' start; ``read_ahead`` hands them to the entry
+    that wants them, or stops the thread. ``start`` gives None where the files cannot be read so."""
+
+    def __init__(self, batches, n, checks, workers):
+        import threading
+        self.checks, self.workers, self._stop, self._out = dict(checks), workers, False, None
+        self._thread = threading.Thread(target=self._run, args=(batches, n), name="sparkdl-read", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def start(cls, df, checks, workers):
+        files = files_for(df, checks)
+        got = _opened(files, checks) if files is not None else None
+        return None if got is None else cls(*got, checks, workers)
+
+    def _run(self, batches, n):
+        try:
+            self._out = ("dealt", deal((b for b in batches if not self._stop), n, self.checks, self.workers))
+        except BaseException as e:   # handed to the fit's thread by take()
+            self._out = ("error", e)
+
+    def take(self, checks, workers):
+        """The dealt rows where they are those of ``checks`` and ``workers`` (raising what the read raised),
+        else None, the thread stopped."""
+        if dict(checks) != self.checks or workers != self.workers:
+            self.stop()
+            return None
+        self._thread.join()
+        kind, value = self._out
+        if kind == "error":
+            raise value
+        return value
+
+    def stop(self):
+        self._stop = True
+        self._thread.join()
+
+
+def read_ahead(entry, early=None):
     """Where ``entry``'s shards will be written on the driver, read their rows there now (``Entry.dealt``: per
     worker, its arrays; False where they cannot be read so), so that the read goes on beside the start of the
-    Python workers (sparkdl.spark.shards.export writes them)."""
+    Python workers (sparkdl.spark.shards.export writes them); taken from ``early`` (an ``Early``) where it read
+    them. Stops ``early`` where it is not wanted."""
     from .data import ORDER
     if not entry.ready and entry.dealt is None and ORDER in entry.laid_out.columns:
-        entry.dealt = arrays_on_driver(entry, entry.workers) or False
+        dealt = early.take(entry.checks, entry.workers) if early is not None else None
+        entry.dealt = dealt or arrays_on_driver(entry, entry.workers) or False
+    elif early is not None:
+        early.stop()
+
+
+def _opened(files, c):
+    """``read_batches`` of ``files`` (the columns of the checks ``c``), or None (logged) where they are not what the
+    plan said."""
+    try:
+        got = read_batches(files, c["features_col"], c["label_col"])
+    except Unreadable as e:
+        log.info("sparkdl: the Parquet files could not be read directly (%s)", e)
+        return None
+    log.info("sparkdl: the %s's %d Parquet file(s) read on the driver", c["what"], len(files))
+    return got
 
 
 def _rows(entry):
     """(Arrow batches of the prepared columns (data.X, data.Y) of ``entry``'s rows in order, on the driver; their
     count), or None (see ``arrays_on_driver``)."""
-    c = entry.checks
-    files = files_for(entry)
-    if files is not None:
-        try:
-            got = read_batches(files, c["features_col"], c["label_col"])
-        except Unreadable as e:
-            log.info("sparkdl: the Parquet files could not be read directly (%s)", e)
-        else:
-            log.info("sparkdl: the %s's %d Parquet file(s) read on the driver", c["what"], len(files))
-            return got
+    files = files_for(entry.source, entry.checks)
+    got = _opened(files, entry.checks) if files is not None else None
+    if got is not None:
+        return got
     table = small_rows(entry)
     if table is None:
         return None
-    log.info("sparkdl: the %d rows of a small %s collected on the driver", table.num_rows, c["what"])
+    log.info("sparkdl: the %d rows of a small %s collected on the driver", table.num_rows, entry.checks["what"])
     return iter(table.to_batches()), table.num_rows
 
 

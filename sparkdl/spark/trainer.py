@@ -73,8 +73,12 @@ class SparkTrainer:
         master, model = self.master, self.model
         resume_round = self._resume(resume_from) if resume_from is not None else 0
         entries, evaluate_validation = [], None
-        warm = warm_workers(df.sparkSession.sparkContext, master.num_workers)
+        sc = df.sparkSession.sparkContext
+        warm, early = warm_workers(sc, master.num_workers), None
         try:
+            if warm is not None:   # the application's first fit: its files read from now on, where they can be
+                early = direct.Early.start(df, self._checks(features_col, label_col, "training DataFrame"),
+                                           master.num_workers or sc.defaultParallelism)
             # checked, converted and laid out one partition per worker in one Spark pass where the fit first reads
             # it, or kept from an earlier fit on the same DataFrame (sparkdl.spark.prepared)
             entry = self._prepared_data(df, features_col, label_col, "training DataFrame", master)
@@ -82,9 +86,10 @@ class SparkTrainer:
                 marks["checked"] = time.time()
             entries.append(entry)
             if warm is not None:   # its tasks would count as busy slots: mode="auto" would choose jobs mode
-                direct.read_ahead(entry)   # meanwhile, where the driver writes the shards
+                direct.read_ahead(entry, early)   # meanwhile, where the driver writes the shards
+                early = None
                 warm.join()
-            mode, reason = master.choose_mode(df.sparkSession.sparkContext, entry.workers)
+            mode, reason = master.choose_mode(sc, entry.workers)
             if validation_df is not None:
                 val = self._prepared_data(validation_df, features_col, label_col, "validation DataFrame")
                 entries.append(val)
@@ -107,6 +112,8 @@ class SparkTrainer:
             history = self._run(entry, mode, reason, epochs, callbacks, evaluate_validation, verbose, resume_round,
                                 marks)
         finally:
+            if early is not None:   # not read ahead: the fit failed before
+                early.stop()
             if warm is not None:   # no job of the fit left running
                 warm.join()
             for e in entries:

@@ -47,8 +47,9 @@ POOL_CONFIGS = [
 
 @pytest.mark.parametrize("cls", [MaxPooling2D, AveragePooling2D])
 @pytest.mark.parametrize("kwargs,input_shape", POOL_CONFIGS)
-def test_check_layer(cls, kwargs, input_shape):
-    check_layer(cls(**kwargs), input_shape)
+@pytest.mark.parametrize("training", [False, True])   # max pools that tile the image train on blocks
+def test_check_layer(cls, kwargs, input_shape, training):
+    check_layer(cls(**kwargs), input_shape, training=training)
 
 
 @pytest.mark.parametrize("kwargs,input_shape", [
@@ -88,12 +89,13 @@ def test_no_input_gradient_when_not_needed():
 
 
 # ---- max-pool ties -------------------------------------------------------------------------------------------
-def test_max_pool_tie_sends_the_whole_gradient_to_the_first_maximum():
+@pytest.mark.parametrize("training", [False, True])
+def test_max_pool_tie_sends_the_whole_gradient_to_the_first_maximum(training):
     model = build(MaxPooling2D(), (4, 4, 1))
     x = np.ones((1, 4, 4, 1))
     x[0, 2:, 2:, 0] = [[0, 5], [5, 5]]      # bottom-right window: three-way tie, first is (2, 3)
     g = np.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 2, 2, 1)
-    model.forward(x)
+    model.forward(x, training)
     dx = model.backward(g)[0, :, :, 0]
     expected = np.zeros((4, 4))
     expected[0, 0], expected[0, 2], expected[2, 0], expected[2, 3] = 1, 2, 3, 4

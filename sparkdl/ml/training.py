@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..spark import ParameterAveraging, SparkTrainer, data
+from ..spark import columns as C
 from .params import check_column, checked
 from .summary import DeepTrainingSummary
 
@@ -116,13 +117,15 @@ def _shape_of(df, features_col, label_col, who):
     job: a small one for the length alone, one pass over the rows where the labels' maximum is needed too."""
     role = "training DataFrame"
     classes = None if label_col is None else _nominal_classes(df, label_col)
-    # SQL, not Column calls (sparkdl.spark.data.prepare says why)
+    # not pyspark's Columns or SQL (sparkdl.spark.columns says why)
+    size = C.fn("size", C.col(data.X))
     if label_col is None or classes is not None:
-        row = data.prepare(df, features_col, role=role).selectExpr(f"size({data.X})").first()
+        row = C.select(data.prepare(df, features_col, role=role), [(None, size)]).first()
         rows, length = (0, None) if row is None else (1, row[0])
     else:
         prepared = data.prepare(df, features_col, label_col, role=role)
-        rows, length, top = prepared.selectExpr("count(1)", f"first(size({data.X}))", f"max({data.Y})").first()
+        rows, length, top = C.select(prepared, [(None, C.fn("count", C.lit(1))), (None, C.fn("first", size)),
+                                                (None, C.fn("max", C.col(data.Y)))]).first()
         if rows and top is None:
             raise ValueError(f"{who}: Param labelCol: column {label_col!r} holds no labels")
         classes = None if top is None else int(top) + 1

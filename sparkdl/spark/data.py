@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import DataError, from_task_failure
+from . import columns as C
 from .values import find_bad_values, show as _show
 
 X, Y = "__sparkdl_x", "__sparkdl_y"   # the prepared columns
@@ -27,8 +28,9 @@ def column_name(features_col):
 
 
 def features_expr(df, features_col, role="DataFrame"):
-    """array<float> of ``features_col`` (a column name or a list of numeric column names): a SQL expression, or a
-    Column where the features are Spark ML vectors (no SQL function converts them)."""
+    """array<float> of ``features_col`` (a column name or a list of numeric column names): an expression of
+    sparkdl.spark.columns, or a pyspark Column where the features are Spark ML vectors (no SQL function converts
+    them)."""
     from pyspark.sql.types import ArrayType, NumericType
 
     cols = _columns(features_col)
@@ -42,24 +44,19 @@ def features_expr(df, features_col, role="DataFrame"):
                if not isinstance(df.schema[c].dataType, NumericType)]
         if bad:
             raise DataError(role, column_name(cols), f"feature columns must be numeric; found {bad}")
-        return f"array({', '.join(f'CAST({_quoted(c)} AS float)' for c in cols)})"
+        return C.fn("array", *(C.cast(C.col(c), "float") for c in cols))
     c = cols[0]
     dt = df.schema[c].dataType
     if _is_vector(dt):   # converted only where not null: the conversion fails on a null vector
         from pyspark.ml.functions import vector_to_array
         from pyspark.sql import functions as F
-        return F.when(F.col(_quoted(c)).isNotNull(), vector_to_array(F.col(_quoted(c)), "float32"))
+        return F.when(F.col(C.quoted(c)).isNotNull(), vector_to_array(F.col(C.quoted(c)), "float32"))
     if isinstance(dt, ArrayType) and isinstance(dt.elementType, NumericType):
-        return f"CAST({_quoted(c)} AS array<float>)"
+        return C.cast(C.col(c), "array<float>")
     if isinstance(dt, NumericType):
-        return f"array(CAST({_quoted(c)} AS float))"
+        return C.fn("array", C.cast(C.col(c), "float"))
     raise DataError(role, c, f"must be a Spark ML vector, an array of numbers or numeric; found type "
                              f"{dt.simpleString()}")
-
-
-def _quoted(name):
-    """A column name as SQL reads it literally (dots and all)."""
-    return "`" + name.replace("`", "``") + "`"
 
 
 def _is_vector(dt):
@@ -78,26 +75,26 @@ def features_are_floats(df, features_col):
 
 
 def label_expr(df, label_col, role="DataFrame"):
-    """The label as double: a SQL expression."""
+    """The label as double: an expression of sparkdl.spark.columns."""
     from pyspark.sql.types import NumericType
     if label_col not in df.columns:
         raise DataError(role, label_col, f"no such column; the DataFrame's columns are {df.columns}")
     dt = df.schema[label_col].dataType
     if not isinstance(dt, NumericType):
         raise DataError(role, label_col, f"labels must be numeric; found type {dt.simpleString()}")
-    return f"CAST({_quoted(label_col)} AS double)"
+    return C.cast(C.col(label_col), "double")
 
 
 def prepare(df, features_col, label_col=None, keep=False, role="DataFrame"):
     """The DataFrame with the prepared columns X (array<float>) and Y (double), plus the original ones if
-    ``keep`` (prediction passes them through). Written in SQL where it can be: pyspark wraps every call on a
-    Column to capture its call site (three calls to the JVM each, and IPython imported at the first where it is
-    installed: 0.1-0.5 s of an application's first fit)."""
-    x, kept = features_expr(df, features_col, role), ["*"] if keep else []
-    cols = [] if label_col is None else [f"{label_expr(df, label_col, role)} AS {Y}"]
-    if isinstance(x, str):
-        return df.selectExpr(*kept, f"{x} AS {X}", *cols)
-    return df.select("*", x.alias(X)).selectExpr(*(kept or [X]), *cols)   # a Column: Spark ML vectors
+    ``keep`` (prediction passes them through), built as sparkdl.spark.columns builds them (0.1-0.5 s less of an
+    application's first fit than pyspark's Columns or SQL)."""
+    x = features_expr(df, features_col, role)
+    y = [] if label_col is None else [(Y, label_expr(df, label_col, role))]
+    if isinstance(x, tuple):
+        return C.select(df, [(X, x)] + y, keep)
+    with_x = df.select("*", x.alias(X))   # a pyspark Column: Spark ML vectors
+    return C.select(with_x, y, keep=True) if keep else C.select(with_x, [(X, C.col(X))] + y)
 
 
 def _example(prepared, condition, features_col, label_col):
@@ -182,7 +179,7 @@ def validate(prepared, n_features, loss_kind=None, num_classes=None, features_co
 def check_sample(prepared, n_features, features_col, what, rows=16, column=X):
     """The first ``rows`` rows' features (a cheap job: Spark reads only what it needs): for prediction, whose
     DataFrame is not scanned before the user's own action."""
-    sizes = [r[0] for r in prepared.selectExpr(f"size({_quoted(column)})").limit(rows).collect()]
+    sizes = [r[0] for r in C.select(prepared, [(None, C.fn("size", C.col(column)))]).limit(rows).collect()]
     fc = column_name(features_col)
     nulls = sum(1 for v in sizes if v is None or v < 0)
     if nulls:

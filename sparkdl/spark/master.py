@@ -22,7 +22,7 @@ class ParameterAveraging(Options):
         shuffle (data.ORDER, its partition and place in it), by which each worker orders its rows once loaded, so
         two identical fits of the same DataFrame (the same partitions) visit the same minibatches on any cluster.
         Partitions used as they are keep their order."""
-        from pyspark.sql import functions as F
+        from . import columns as C
         from .data import ORDER
         sc = df.sparkSession.sparkContext
         wanted = self.num_workers or sc.defaultParallelism
@@ -30,7 +30,7 @@ class ParameterAveraging(Options):
             parts = df.rdd.getNumPartitions()
             if self.repartition == "never" or parts == wanted:
                 return parts, df
-        return wanted, df.withColumn(ORDER, F.monotonically_increasing_id()).repartition(wanted)
+        return wanted, C.select(df, [(ORDER, C.fn("monotonically_increasing_id"))], keep=True).repartition(wanted)
 
     def choose_mode(self, sc, n):
         """(the mode a fit of ``n`` workers runs in, why): with mode="auto", barrier where the cluster can run all

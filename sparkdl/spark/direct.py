@@ -9,7 +9,8 @@ the rows once as the Spark pass checks a partition (``prepared.checked_partition
 ``workers``-th row to each worker (rows in file order, files in path order), as a repartition deals them
 round-robin. (Before, each worker's task read the files itself: it decoded every row to keep its share, twice the
 work on two workers, after the workers' start instead of beside it.) Where the files are other than the
-plan said (a column missing or of another type), the fit takes the Spark pass.
+plan said (a column missing or of another type), the fit takes the Spark pass. An application's first fit starts
+the read in a thread as it begins (``Early``), before Spark has analysed the fit's plan.
 """
 import logging
 

@@ -70,7 +70,8 @@ def _jvm_column(jvm, e):
     if kind == "lit":
         return functions.lit(e[1])
     if kind == "cast":
-        t = {"float": types.FloatType, "double": types.DoubleType}.get(e[2]) or types.createArrayType(types.FloatType)
+        t = types.createArrayType(types.FloatType) if e[2] == "array<float>" else \
+            getattr(types, "FloatType" if e[2] == "float" else "DoubleType")
         return _jvm_column(jvm, e[1]).cast(t)
     args = [_jvm_column(jvm, a) for a in e[2]]
     f = getattr(functions, e[1])

@@ -77,23 +77,23 @@ class Early:
     (data.prepare: 0.25 s in a fresh JVM) and the Python workers' start; ``read_ahead`` hands them to the entry
     that wants them, or stops the thread. ``start`` gives None where the files cannot be read so."""
 
-    def __init__(self, batches, n, checks, workers):
+    def __init__(self, batches, n, files, checks, workers):
         import threading
-        self.checks, self.workers, self._stop, self._out = dict(checks), workers, False, None
+        self.files, self.checks, self.workers = files, dict(checks), workers
+        self._stop, self._dealt, self._error = False, None, None
         self._thread = threading.Thread(target=self._run, args=(batches, n), name="sparkdl-read", daemon=True)
         self._thread.start()
 
     @classmethod
     def start(cls, df, checks, workers):
-        files = files_for(df, checks)
-        got = _opened(files, checks) if files is not None else None
+        got = _file_rows(df, checks)
         return None if got is None else cls(*got, checks, workers)
 
     def _run(self, batches, n):
         try:
-            self._out = ("dealt", deal((b for b in batches if not self._stop), n, self.checks, self.workers))
-        except BaseException as e:   # handed to the fit's thread by take()
-            self._out = ("error", e)
+            self._dealt = deal((b for b in batches if not self._stop), n, self.checks, self.workers)
+        except BaseException as e:   # raised in the fit's thread by take()
+            self._error = e
 
     def take(self, checks, workers):
         """The dealt rows where they are those of ``checks`` and ``workers`` (raising what the read raised),
@@ -102,10 +102,10 @@ class Early:
             self.stop()
             return None
         self._thread.join()
-        kind, value = self._out
-        if kind == "error":
-            raise value
-        return value
+        if self._error is not None:
+            raise self._error
+        _said_read(self.checks, self.files)
+        return self._dealt
 
     def stop(self):
         self._stop = True
@@ -125,25 +125,30 @@ def read_ahead(entry, early=None):
         early.stop()
 
 
-def _opened(files, c):
-    """``read_batches`` of ``files`` (the columns of the checks ``c``), or None (logged) where they are not what the
-    plan said."""
+def _file_rows(df, c):
+    """(``read_batches`` of the files ``files_for`` gives, the files), or None: no such files, or (logged) files
+    other than the plan said."""
+    files = files_for(df, c)
+    if files is None:
+        return None
     try:
-        got = read_batches(files, c["features_col"], c["label_col"])
+        return (*read_batches(files, c["features_col"], c["label_col"]), files)
     except Unreadable as e:
         log.info("sparkdl: the Parquet files could not be read directly (%s)", e)
         return None
+
+
+def _said_read(c, files):
     log.info("sparkdl: the %s's %d Parquet file(s) read on the driver", c["what"], len(files))
-    return got
 
 
 def _rows(entry):
     """(Arrow batches of the prepared columns (data.X, data.Y) of ``entry``'s rows in order, on the driver; their
     count), or None (see ``arrays_on_driver``)."""
-    files = files_for(entry.source, entry.checks)
-    got = _opened(files, entry.checks) if files is not None else None
+    got = _file_rows(entry.source, entry.checks)
     if got is not None:
-        return got
+        _said_read(entry.checks, got[2])
+        return got[:2]
     table = small_rows(entry)
     if table is None:
         return None

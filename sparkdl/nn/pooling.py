@@ -47,7 +47,8 @@ class MaxPooling2D(_Pooling2D):
         xp, win = self.xp, self.windows
         x = to_nhwc(x, self.data_format)
         self._blocks = None
-        if training and win.tiles:   # pools that tile the image: each pool position's pixels as one block
+        # pools that tile the image: each pool position's pixels as one block, for a backward pass that wants them
+        if training and win.tiles and self.need_input_grad:
             n, (ph, pw), (oh, ow), c = x.shape[0], win.kernel, win.out_hw, x.shape[3]
             self._blocks = xp.ascontiguousarray(x.reshape(n, oh, ph, ow, pw, c).transpose(2, 4, 0, 1, 3, 5))
             xpad, parts = None, list(self._blocks.reshape(ph * pw, n, oh, ow, c))
